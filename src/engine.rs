@@ -1,0 +1,240 @@
+//! The running BitTorrent side of one torrent: its actor, the peer listener, the tracker
+//! announce loop and the user's `--peer` list, under one shutdown token.
+//!
+//! Shutdown order: cancel the root token (readers get errors, peers close, trackers get
+//! `stopped`), then wait for every task to finish.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, info_span, warn};
+
+use crate::cache::SharedCache;
+use crate::metainfo::Metainfo;
+use crate::store::PieceStore;
+use crate::swarm::PeerSource;
+use crate::task;
+use crate::torrent::{TorrentConfig, TorrentHandle, spawn_torrent};
+use crate::tracker::{
+    AnnounceEvent, AnnounceRequest, TrackerClient, TransferStats, run_announce_loop,
+};
+use crate::types::PeerId;
+use crate::wire::read_handshake;
+
+/// How many ports after `--listen`'s to try when it is taken.
+const LISTEN_PORT_ATTEMPTS: u16 = 10;
+/// A peer that dials us must finish its handshake this fast.
+const INCOMING_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shutdown waits this long for tasks (trackers' `stopped`) before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(6);
+/// Peers we ask trackers for.
+const NUM_WANT: u32 = 80;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot listen on {addr} or the {LISTEN_PORT_ATTEMPTS} ports after it: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("tracker client: {0}")]
+    Tracker(#[from] crate::tracker::TrackerError),
+}
+
+/// Options shared by `mount` and `seed`.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub listen: SocketAddr,
+    pub peers: Vec<SocketAddr>,
+    pub torrent: TorrentConfig,
+}
+
+pub struct Engine {
+    pub torrent: Arc<TorrentHandle>,
+    pub listen_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Engine {
+    /// Starts the torrent: binds the listener, starts the actor, tracker and peers.
+    pub async fn start(
+        meta: Arc<Metainfo>,
+        cache: Arc<SharedCache>,
+        store: Arc<PieceStore>,
+        options: EngineOptions,
+    ) -> Result<Engine, EngineError> {
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let listener = bind_listener(options.listen).await?;
+        let listen_addr = listener
+            .local_addr()
+            .map_err(|source| EngineError::Listen {
+                addr: options.listen,
+                source,
+            })?;
+        info!(%listen_addr, "accepting peers");
+        let own_addrs = own_addresses(listen_addr);
+        let our_id = PeerId::generate();
+        let torrent = Arc::new(spawn_torrent(
+            Arc::clone(&meta),
+            cache,
+            store,
+            options.torrent.clone(),
+            our_id,
+            own_addrs,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+
+        if !options.peers.is_empty() {
+            torrent
+                .add_peers(options.peers.clone(), PeerSource::User)
+                .await;
+        }
+
+        let accept = accept_loop(
+            listener,
+            Arc::clone(&torrent),
+            shutdown.clone(),
+            tasks.clone(),
+        );
+        task::spawn(
+            &tasks,
+            "listener",
+            info_span!("listener", %listen_addr),
+            accept,
+        );
+
+        let tiers: Vec<Vec<String>> = meta.trackers.clone();
+        if !tiers.is_empty() {
+            let local_ip = (!listen_addr.ip().is_unspecified()).then_some(listen_addr.ip());
+            let client = TrackerClient::new(local_ip)?;
+            let base = AnnounceRequest {
+                info_hash: meta.info_hash,
+                peer_id: our_id,
+                port: listen_addr.port(),
+                uploaded: 0,
+                downloaded: 0,
+                left: meta.total_length,
+                event: AnnounceEvent::Started,
+                num_want: NUM_WANT,
+                tracker_id: None,
+            };
+            let (peers_tx, mut peers_rx) = mpsc::channel(16);
+            let for_stats = Arc::clone(&torrent);
+            let seeding = options.torrent.seeding;
+            let stats = move || TransferStats {
+                uploaded: crate::torrent::TorrentStats::get(&for_stats.stats.uploaded),
+                downloaded: crate::torrent::TorrentStats::get(&for_stats.stats.downloaded),
+                left: if seeding { 0 } else { for_stats.left_bytes() },
+            };
+            let announce =
+                run_announce_loop(client, tiers, base, stats, peers_tx, shutdown.clone());
+            tasks.spawn(announce);
+            let forward_to = Arc::clone(&torrent);
+            tasks.spawn(async move {
+                while let Some(addrs) = peers_rx.recv().await {
+                    debug!(count = addrs.len(), "tracker peers");
+                    forward_to.add_peers(addrs, PeerSource::Tracker).await;
+                }
+            });
+        }
+
+        Ok(Engine {
+            torrent,
+            listen_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Cancels everything and waits (bounded) for the tasks to finish.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
+        }
+    }
+}
+
+async fn bind_listener(addr: SocketAddr) -> Result<TcpListener, EngineError> {
+    let mut last_err = None;
+    for i in 0..=LISTEN_PORT_ATTEMPTS {
+        let mut candidate = addr;
+        if addr.port() == 0 && i > 0 {
+            break;
+        }
+        candidate.set_port(addr.port().saturating_add(i));
+        match TcpListener::bind(candidate).await {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last_err = Some(err),
+        }
+    }
+    Err(EngineError::Listen {
+        addr,
+        source: last_err.unwrap_or_else(|| std::io::Error::other("no port tried")),
+    })
+}
+
+/// Addresses that reach our own listener, so we never dial ourselves from a tracker list.
+fn own_addresses(listen: SocketAddr) -> Vec<SocketAddr> {
+    if listen.ip().is_unspecified() {
+        vec![
+            SocketAddr::new(IpAddr::from([127, 0, 0, 1]), listen.port()),
+            SocketAddr::new(IpAddr::from([0, 0, 0, 0]), listen.port()),
+        ]
+    } else {
+        vec![listen]
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    torrent: Arc<TorrentHandle>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) -> Result<(), std::io::Error> {
+    loop {
+        let (mut stream, addr) = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let torrent = Arc::clone(&torrent);
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let handshake = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = tokio::time::timeout(INCOMING_HANDSHAKE_TIMEOUT, read_handshake(&mut stream)) => r,
+            };
+            match handshake {
+                Ok(Ok(hs)) if hs.info_hash == torrent.info_hash => torrent.incoming(stream, addr, hs).await,
+                Ok(Ok(_)) => debug!(%addr, "incoming peer asked for another torrent"),
+                Ok(Err(err)) => debug!(%addr, "incoming handshake failed: {err}"),
+                Err(_) => debug!(%addr, "incoming handshake timed out"),
+            }
+        });
+    }
+}

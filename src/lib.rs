@@ -1,0 +1,44 @@
+//! swarmfs: mount BitTorrent torrents as read-only directories, fetching pieces on demand.
+//!
+//! # Layout
+//!
+//! Data flows one way, down from a FUSE read to the peers; the answer comes back by
+//! waking the waiting read:
+//!
+//! ```text
+//! FUSE read (fuse.rs)
+//!   → TorrentFs::read (fs/): file range, read-ahead window of the handle
+//!   → TorrentHandle::read (torrent/): pieces of the range (layout.rs)
+//!   → in cache? pin and copy (cache.rs)
+//!   → no: the torrent actor records the demand and asks peers for blocks (torrent/actor.rs)
+//!   → a peer task sends Request, receives Piece (peer/, wire/)
+//!   → blocks assembled, SHA-1 checked → VerifiedPiece (torrent/partial.rs, verify.rs)
+//!   → inserted into the cache, HAVE sent to peers, waiting reads woken
+//!   → bytes copied out → reply.data
+//! ```
+//!
+//! Entry and configuration: `main.rs`, [`cli`], [`config`], [`daemon`], [`logging`].
+//! Pure domain (no tokio): [`types`], [`metainfo`], [`layout`], [`wire`], [`verify`],
+//! [`cache`], [`swarm`]. Network engine: [`tracker`], [`peer`], [`torrent`], [`engine`],
+//! [`store`]. Filesystem: [`fs`], [`fuse`], [`mount`]. Cross-cutting: [`task`].
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod engine;
+pub mod fs;
+pub mod fuse;
+pub mod layout;
+pub mod logging;
+pub mod metainfo;
+pub mod mount;
+pub mod peer;
+pub mod store;
+pub mod swarm;
+pub mod task;
+pub mod torrent;
+pub mod tracker;
+pub mod types;
+pub mod verify;
+pub mod wire;

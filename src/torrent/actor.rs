@@ -1,0 +1,1007 @@
+//! The torrent actor: sole owner of piece state (partial, verifying, held), demand,
+//! read-ahead, the peer set and choking.
+//!
+//! Every transition happens in this one task, one event at a time: a command from a
+//! reader, an event from a peer task, a verification result, or the periodic tick.
+//! After each event the actor tops up the request queues of the peers it touched.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info_span, warn};
+
+use super::choke::{ChokeCandidate, choose_unchoked};
+use super::partial::PartialPiece;
+use super::{Command, StatusSnapshot, TorrentConfig, TorrentHandle, TorrentStats};
+use crate::cache::SharedCache;
+use crate::layout::Layout;
+use crate::metainfo::Metainfo;
+use crate::peer::{
+    PeerCommand, PeerContext, PeerCounters, PeerEvent, PeerKey, accept_incoming, connect_outgoing,
+};
+use crate::store::PieceStore;
+use crate::swarm::AddressBook;
+use crate::task;
+use crate::types::{BLOCK_SIZE, PeerId, PieceIndex};
+use crate::verify::{HashMismatch, VerifiedPiece, verify_piece};
+use crate::wire::{BlockRequest, Message};
+
+/// How often the actor dials peers, expires abandoned demands and re-checks timeouts.
+const TICK: Duration = Duration::from_millis(200);
+/// Rates are measured over this period.
+const RATE_PERIOD: Duration = Duration::from_secs(1);
+/// BEP 3: the choking decision is remade every 10 s.
+const RECHOKE_EVERY: Duration = Duration::from_secs(10);
+/// BEP 3: the optimistic unchoke rotates every 30 s.
+const OPTIMISTIC_EVERY: Duration = Duration::from_secs(30);
+/// A peer that sent no block for this long while we had requests out is snubbed.
+const SNUB_AFTER: Duration = Duration::from_secs(60);
+/// A request unanswered this long is given to someone else (the peer may be slow, or may
+/// have silently dropped it, as non-Fast peers do on choke).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Endgame: a block of a demanded piece outstanding this long may be asked of a second peer.
+const ENDGAME_MIN_AGE: Duration = Duration::from_millis(300);
+/// Requests in flight per peer: enough for `QUEUE_HORIZON` of its measured rate, within
+/// these bounds. 512 × 16 KiB = 8 MiB, which keeps 1 GiB/s flowing at 8 ms of latency.
+const MIN_QUEUE_DEPTH: usize = 32;
+const MAX_QUEUE_DEPTH: usize = 512;
+const QUEUE_HORIZON: Duration = Duration::from_secs(1);
+/// Demanded blocks may exceed a peer's queue depth by this much, so a read never waits
+/// behind a full read-ahead queue for lack of a slot.
+const DEMAND_EXTRA_DEPTH: usize = 16;
+/// Connections being opened at once (half-open), so a burst of dead addresses cannot
+/// delay good ones for long.
+const MAX_HALF_OPEN: usize = 16;
+/// Blocks a peer may send unasked (late duplicates after a cancel are normal) before we
+/// call it hostile.
+const MAX_UNSOLICITED_BLOCKS: u32 = 256;
+/// Accepted connections beyond `max_peers`, so peers that dial us are not all refused
+/// when we are full of our own dials.
+const INCOMING_EXTRA: usize = 10;
+/// Hash failures a peer may share in before it is banned.
+const MAX_STRIKES: u32 = 3;
+
+/// Urgency of a wanted piece: a read waits on it, or it is read-ahead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Urgency {
+    Demand,
+    Readahead,
+}
+
+struct PeerSlot {
+    addr: SocketAddr,
+    peer_id: PeerId,
+    commands: mpsc::UnboundedSender<PeerCommand>,
+    counters: Arc<PeerCounters>,
+    outgoing: bool,
+    has: Vec<bool>,
+    has_count: u32,
+    peer_choking: bool,
+    peer_interested: bool,
+    am_interested: bool,
+    am_choking: bool,
+    inflight: HashSet<(PieceIndex, u32)>,
+    queue_depth: usize,
+    download_rate: u64,
+    upload_rate: u64,
+    last_downloaded: u64,
+    last_uploaded: u64,
+    last_block_at: Instant,
+    unsolicited: u32,
+    strikes: u32,
+}
+
+impl PeerSlot {
+    fn send(&self, message: Message) {
+        let _ = self.commands.send(PeerCommand::Send(message));
+    }
+
+    fn has(&self, piece: PieceIndex) -> bool {
+        self.has.get(piece.as_usize()).copied().unwrap_or(false)
+    }
+
+    fn snubbed(&self, now: Instant) -> bool {
+        !self.inflight.is_empty() && now.duration_since(self.last_block_at) > SNUB_AFTER
+    }
+}
+
+struct Actor {
+    meta: Arc<Metainfo>,
+    layout: Arc<Layout>,
+    cache: Arc<SharedCache>,
+    store: Arc<PieceStore>,
+    config: TorrentConfig,
+    stats: Arc<TorrentStats>,
+    peer_ctx: PeerContext,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+
+    book: AddressBook,
+    peers: HashMap<PeerKey, PeerSlot>,
+    next_key: PeerKey,
+
+    /// Pieces the cache holds (mirrors it: only this actor inserts, and evictions happen
+    /// only on insert).
+    held: Vec<bool>,
+    partial: HashMap<PieceIndex, PartialPiece>,
+    verifying: HashSet<PieceIndex>,
+    /// Who sent the blocks of each piece being verified (blamed if the hash fails).
+    blame: HashMap<PieceIndex, Vec<PeerKey>>,
+    waiters: HashMap<PieceIndex, Vec<oneshot::Sender<Bytes>>>,
+    demand_order: HashMap<PieceIndex, u64>,
+    next_demand: u64,
+    readahead: HashMap<u64, Vec<PieceIndex>>,
+    wanted: Vec<(PieceIndex, Urgency)>,
+    wanted_dirty: bool,
+
+    fill_all: bool,
+    fill_peers: HashSet<PeerKey>,
+    optimistic: Option<PeerKey>,
+    last_rates: Instant,
+    last_rechoke: Instant,
+    last_optimistic: Instant,
+
+    verified_tx: mpsc::UnboundedSender<(PieceIndex, Result<VerifiedPiece, HashMismatch>)>,
+}
+
+/// Starts the actor of one torrent and returns its handle.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_torrent(
+    meta: Arc<Metainfo>,
+    cache: Arc<SharedCache>,
+    store: Arc<PieceStore>,
+    config: TorrentConfig,
+    our_id: PeerId,
+    own_addrs: Vec<SocketAddr>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) -> TorrentHandle {
+    let layout = Arc::new(Layout::new(&meta));
+    let stats = Arc::new(TorrentStats::default());
+    // Bounded: a reader that floods commands waits rather than growing memory.
+    let (command_tx, command_rx) = mpsc::channel(1024);
+    let (event_tx, event_rx) = mpsc::channel(4096);
+    let (verified_tx, verified_rx) = mpsc::unbounded_channel();
+    let peer_ctx = PeerContext {
+        info_hash: meta.info_hash,
+        our_id,
+        layout: Arc::clone(&layout),
+        store: Arc::clone(&store),
+        events: event_tx,
+        shutdown: shutdown.child_token(),
+        upload_enabled: config.upload_enabled,
+    };
+    let now = Instant::now();
+    let held = vec![false; layout.piece_count() as usize];
+    let actor = Actor {
+        meta: Arc::clone(&meta),
+        layout: Arc::clone(&layout),
+        cache: Arc::clone(&cache),
+        store,
+        config,
+        stats: Arc::clone(&stats),
+        peer_ctx,
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+        book: AddressBook::new(own_addrs),
+        peers: HashMap::new(),
+        next_key: 1,
+        held,
+        partial: HashMap::new(),
+        verifying: HashSet::new(),
+        blame: HashMap::new(),
+        waiters: HashMap::new(),
+        demand_order: HashMap::new(),
+        next_demand: 0,
+        readahead: HashMap::new(),
+        wanted: Vec::new(),
+        wanted_dirty: false,
+        fill_all: false,
+        fill_peers: HashSet::new(),
+        optimistic: None,
+        last_rates: now,
+        last_rechoke: now,
+        last_optimistic: now,
+        verified_tx,
+    };
+    let span = info_span!("torrent", name = %meta.name);
+    task::spawn(
+        &tasks,
+        "torrent",
+        span,
+        actor.run(command_rx, event_rx, verified_rx),
+    );
+    TorrentHandle {
+        info_hash: meta.info_hash,
+        meta,
+        layout,
+        cache,
+        stats,
+        our_id,
+        commands: command_tx,
+        shutdown,
+        tasks,
+    }
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut events: mpsc::Receiver<PeerEvent>,
+        mut verified: mpsc::UnboundedReceiver<(PieceIndex, Result<VerifiedPiece, HashMismatch>)>,
+    ) -> Result<(), std::convert::Infallible> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                Some((piece, result)) = verified.recv() => self.on_verified(piece, result),
+                Some(event) = events.recv() => self.on_peer_event(event),
+                Some(command) = commands.recv() => self.on_command(command),
+                _ = tick.tick() => self.on_tick(),
+            }
+            self.fill_requests();
+        }
+        // Waiting reads see their senders dropped and answer with an error.
+        self.waiters.clear();
+        for slot in self.peers.values() {
+            let _ = slot.commands.send(PeerCommand::Close);
+        }
+        self.peer_ctx.shutdown.cancel();
+        Ok(())
+    }
+
+    // ----- commands from readers, listeners and peer sources -----
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Want { piece, reply } => self.want(piece, reply),
+            Command::SetReadahead { reader, pieces } => {
+                self.readahead.insert(reader, pieces);
+                self.wanted_dirty = true;
+                self.fill_all = true;
+            }
+            Command::CloseReader { reader } => {
+                self.readahead.remove(&reader);
+                self.wanted_dirty = true;
+            }
+            Command::AddPeers { addrs, source } => {
+                debug!(count = addrs.len(), ?source, "peer addresses");
+                self.book.add(addrs, source, std::time::Instant::now());
+                self.dial();
+            }
+            Command::Incoming {
+                stream,
+                addr,
+                handshake,
+            } => {
+                if self.peers.len() >= self.config.max_peers + INCOMING_EXTRA
+                    || self.book.is_banned(&addr)
+                {
+                    debug!(%addr, "refusing incoming connection");
+                    return;
+                }
+                let key = self.new_key();
+                let ctx = self.peer_ctx.clone();
+                let span = info_span!("peer", %addr, dir = "in");
+                task::spawn(
+                    &self.tasks,
+                    "peer",
+                    span,
+                    accept_incoming(ctx, key, addr, stream, handshake),
+                );
+            }
+            Command::Explain { pieces, reply } => {
+                let _ = reply.send(self.explain(&pieces));
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn want(&mut self, piece: PieceIndex, reply: oneshot::Sender<Bytes>) {
+        if self.held(piece) {
+            if let Some(bytes) = self.cache.lock().get(piece) {
+                let _ = reply.send(bytes);
+                return;
+            }
+        }
+        self.waiters.entry(piece).or_default().push(reply);
+        if !self.demand_order.contains_key(&piece) {
+            self.demand_order.insert(piece, self.next_demand);
+            self.next_demand += 1;
+            debug!(%piece, "demanded");
+        }
+        self.wanted_dirty = true;
+        self.fill_all = true;
+    }
+
+    // ----- peer events -----
+
+    fn on_peer_event(&mut self, event: PeerEvent) {
+        match event {
+            PeerEvent::Connected {
+                key,
+                addr,
+                peer_id,
+                fast: _,
+                outgoing,
+                commands,
+                counters,
+            } => {
+                if outgoing {
+                    self.book.on_connected(addr);
+                }
+                debug!(%addr, client = %peer_id.client_tag(), "peer connected");
+                let now = Instant::now();
+                self.peers.insert(
+                    key,
+                    PeerSlot {
+                        addr,
+                        peer_id,
+                        commands,
+                        counters,
+                        outgoing,
+                        has: vec![false; self.layout.piece_count() as usize],
+                        has_count: 0,
+                        peer_choking: true,
+                        peer_interested: false,
+                        am_interested: false,
+                        am_choking: true,
+                        inflight: HashSet::new(),
+                        queue_depth: MIN_QUEUE_DEPTH,
+                        download_rate: 0,
+                        upload_rate: 0,
+                        last_downloaded: 0,
+                        last_uploaded: 0,
+                        last_block_at: now,
+                        unsolicited: 0,
+                        strikes: 0,
+                    },
+                );
+                self.stats
+                    .connected_peers
+                    .store(self.peers.len() as u64, Ordering::Relaxed);
+            }
+            PeerEvent::Message { key, message } => self.on_message(key, message),
+            PeerEvent::Closed {
+                key,
+                addr,
+                connected,
+                reason,
+            } => {
+                if reason.contains("ourselves") || reason.contains("another torrent") {
+                    self.book.ban(addr);
+                }
+                if connected {
+                    debug!(%addr, %reason, "peer disconnected");
+                    self.drop_peer(key);
+                }
+                self.book.on_closed(addr, std::time::Instant::now());
+            }
+        }
+    }
+
+    fn on_message(&mut self, key: PeerKey, message: Message) {
+        let now = Instant::now();
+        let piece_count = self.layout.piece_count() as usize;
+        let Some(slot) = self.peers.get_mut(&key) else {
+            return;
+        };
+        match message {
+            Message::Choke => {
+                slot.peer_choking = true;
+                // Without the Fast extension a choke silently drops our requests; with
+                // it, rejects follow, and forgetting them now is harmless.
+                let lost: Vec<(PieceIndex, u32)> = slot.inflight.drain().collect();
+                for (piece, block) in lost {
+                    if let Some(p) = self.partial.get_mut(&piece) {
+                        p.forget_request(block, key);
+                    }
+                }
+                self.fill_all = true;
+            }
+            Message::Unchoke => {
+                slot.peer_choking = false;
+                slot.last_block_at = now;
+                self.fill_peers.insert(key);
+            }
+            Message::Interested => {
+                slot.peer_interested = true;
+                self.maybe_unchoke(key);
+            }
+            Message::NotInterested => {
+                slot.peer_interested = false;
+                if !slot.am_choking {
+                    slot.am_choking = true;
+                    slot.send(Message::Choke);
+                }
+            }
+            Message::Have { piece } => {
+                let Some(p) = self.layout.piece(piece) else {
+                    return self.close_peer(key, "HAVE for a piece that does not exist");
+                };
+                if !slot.has(p) {
+                    if let Some(bit) = slot.has.get_mut(p.as_usize()) {
+                        *bit = true;
+                    }
+                    slot.has_count += 1;
+                }
+                self.update_interest(key);
+                self.fill_peers.insert(key);
+            }
+            Message::Bitfield(bits) => {
+                // Accepted at any time, not only first: aria2 sends a fresh one mid-stream.
+                if bits.len() != piece_count.div_ceil(8) {
+                    return self.close_peer(key, "bitfield of the wrong length");
+                }
+                for i in 0..piece_count {
+                    let set = bits.get(i / 8).is_some_and(|b| b & (0x80 >> (i % 8)) != 0);
+                    if set && let Some(bit) = slot.has.get_mut(i) {
+                        *bit = true;
+                    }
+                }
+                slot.has_count = slot.has.iter().filter(|b| **b).count() as u32;
+                self.update_interest(key);
+                self.fill_peers.insert(key);
+            }
+            Message::HaveAll => {
+                slot.has.iter_mut().for_each(|b| *b = true);
+                slot.has_count = piece_count as u32;
+                self.update_interest(key);
+                self.fill_peers.insert(key);
+            }
+            Message::HaveNone => {}
+            Message::Piece {
+                piece,
+                offset,
+                data,
+            } => self.on_block(key, piece, offset, data, now),
+            Message::Reject(request) => {
+                if let Some(p) = self.layout.piece(request.piece)
+                    && let Some(block) = self.layout.block_index(p, request.offset, request.length)
+                    && slot.inflight.remove(&(p, block))
+                    && let Some(partial) = self.partial.get_mut(&p)
+                {
+                    partial.forget_request(block, key);
+                    self.fill_all = true;
+                }
+            }
+            // Served by the peer task, or not used yet (DHT port, suggestions, extensions).
+            Message::Request(_)
+            | Message::Cancel(_)
+            | Message::KeepAlive
+            | Message::Port(_)
+            | Message::Suggest { .. }
+            | Message::AllowedFast { .. }
+            | Message::Extended { .. }
+            | Message::Unknown { .. } => {}
+        }
+    }
+
+    fn on_block(&mut self, key: PeerKey, piece: u32, offset: u32, data: Bytes, now: Instant) {
+        let Some(p) = self.layout.piece(piece) else {
+            return self.close_peer(key, "block of a piece that does not exist");
+        };
+        let Some(len) = u32::try_from(data.len()).ok() else {
+            return self.close_peer(key, "oversized block");
+        };
+        let Some(block) = self.layout.block_index(p, offset, len) else {
+            return self.close_peer(key, "block with bad offset or length");
+        };
+        let Some(slot) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let requested = slot.inflight.remove(&(p, block));
+        slot.last_block_at = now;
+        if !requested {
+            slot.unsolicited += 1;
+            if slot.unsolicited > MAX_UNSOLICITED_BLOCKS {
+                return self.close_peer(key, "too many blocks we did not ask for");
+            }
+        }
+        self.fill_peers.insert(key);
+        let Some(partial) = self.partial.get_mut(&p) else {
+            return;
+        };
+        let Some(others) = partial.receive(block, offset, &data, key) else {
+            return;
+        };
+        self.stats
+            .downloaded
+            .fetch_add(u64::from(len), Ordering::Relaxed);
+        let span = self.layout.block(p, block);
+        for other in others {
+            if let Some(o) = self.peers.get_mut(&other)
+                && o.inflight.remove(&(p, block))
+            {
+                o.send(Message::Cancel(BlockRequest {
+                    piece,
+                    offset: span.piece_offset,
+                    length: span.len_bytes,
+                }));
+                self.fill_peers.insert(other);
+            }
+        }
+        if partial.is_complete()
+            && let Some(done) = self.partial.remove(&p)
+        {
+            self.start_verify(p, done);
+        }
+    }
+
+    fn start_verify(&mut self, piece: PieceIndex, done: PartialPiece) {
+        let contributors = done.contributors.clone();
+        let bytes = done.into_bytes();
+        let Some(expected) = self.meta.piece_hashes.get(piece.as_usize()).copied() else {
+            return;
+        };
+        self.verifying.insert(piece);
+        // Remember who sent it, in case the hash fails.
+        self.blame.insert(piece, contributors);
+        let tx = self.verified_tx.clone();
+        self.tasks.spawn_blocking(move || {
+            let _ = tx.send((piece, verify_piece(piece, bytes, &expected)));
+        });
+    }
+
+    fn on_verified(&mut self, piece: PieceIndex, result: Result<VerifiedPiece, HashMismatch>) {
+        self.verifying.remove(&piece);
+        let contributors = self.blame.remove(&piece).unwrap_or_default();
+        self.wanted_dirty = true;
+        self.fill_all = true;
+        match result {
+            Ok(verified) => {
+                self.stats.pieces_fetched.fetch_add(1, Ordering::Relaxed);
+                debug!(%piece, "verified");
+                let bytes = verified.bytes().clone();
+                let outcome = self.cache.lock().insert(verified);
+                for evicted in &outcome.evicted {
+                    if let Some(h) = self.held.get_mut(evicted.as_usize()) {
+                        *h = false;
+                    }
+                }
+                if outcome.cached {
+                    if let Some(h) = self.held.get_mut(piece.as_usize()) {
+                        *h = true;
+                    }
+                    for slot in self.peers.values() {
+                        if !slot.has(piece) {
+                            slot.send(Message::Have { piece: piece.get() });
+                        }
+                    }
+                }
+                self.demand_order.remove(&piece);
+                for waiter in self.waiters.remove(&piece).unwrap_or_default() {
+                    let _ = waiter.send(bytes.clone());
+                }
+            }
+            Err(mismatch) => {
+                self.stats.hash_failures.fetch_add(1, Ordering::Relaxed);
+                let addrs: Vec<String> = contributors
+                    .iter()
+                    .filter_map(|k| self.peers.get(k).map(|s| s.addr.to_string()))
+                    .collect();
+                warn!(%piece, peers = ?addrs, "{mismatch}; fetching it again");
+                let sole = contributors.len() == 1;
+                for key in contributors {
+                    let Some(slot) = self.peers.get_mut(&key) else {
+                        continue;
+                    };
+                    slot.strikes += 1;
+                    if sole || slot.strikes >= MAX_STRIKES {
+                        let addr = slot.addr;
+                        self.book.ban(addr);
+                        self.close_peer(key, "sent data that failed its hash check");
+                    }
+                }
+            }
+        }
+    }
+
+    fn drop_peer(&mut self, key: PeerKey) {
+        let Some(slot) = self.peers.remove(&key) else {
+            return;
+        };
+        for (piece, block) in slot.inflight {
+            if let Some(p) = self.partial.get_mut(&piece) {
+                p.forget_request(block, key);
+            }
+        }
+        if self.optimistic == Some(key) {
+            self.optimistic = None;
+        }
+        if !slot.am_choking {
+            // A slot came free.
+            self.last_rechoke = Instant::now() - RECHOKE_EVERY;
+        }
+        self.stats
+            .connected_peers
+            .store(self.peers.len() as u64, Ordering::Relaxed);
+        self.fill_all = true;
+    }
+
+    fn close_peer(&mut self, key: PeerKey, why: &str) {
+        if let Some(slot) = self.peers.get(&key) {
+            warn!(addr = %slot.addr, client = %slot.peer_id.client_tag(), "dropping peer: {why}");
+            let _ = slot.commands.send(PeerCommand::Close);
+        }
+        self.drop_peer(key);
+    }
+
+    /// We are interested in a peer that has any piece the cache lacks (so it unchokes us
+    /// before a read needs it). A seeder is interested in no one.
+    fn update_interest(&mut self, key: PeerKey) {
+        if self.config.seeding {
+            return;
+        }
+        let Some(slot) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if slot.am_interested {
+            return;
+        }
+        let useful = slot
+            .has
+            .iter()
+            .zip(&self.held)
+            .any(|(has, held)| *has && !*held);
+        if useful {
+            slot.am_interested = true;
+            slot.send(Message::Interested);
+        }
+    }
+
+    /// A peer became interested: give it a slot now if one is free (rather than making
+    /// it wait for the next rechoke round).
+    fn maybe_unchoke(&mut self, key: PeerKey) {
+        if !self.config.upload_enabled {
+            return;
+        }
+        let unchoked = self.peers.values().filter(|s| !s.am_choking).count();
+        if unchoked > self.config.upload_slots {
+            return;
+        }
+        if let Some(slot) = self.peers.get_mut(&key)
+            && slot.am_choking
+        {
+            slot.am_choking = false;
+            slot.send(Message::Unchoke);
+        }
+    }
+
+    // ----- periodic work -----
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        self.dial();
+        self.expire_abandoned_demands();
+        self.expire_requests(now);
+        if now.duration_since(self.last_rates) >= RATE_PERIOD {
+            self.update_rates(now);
+        }
+        if now.duration_since(self.last_rechoke) >= RECHOKE_EVERY {
+            self.rechoke(now);
+        }
+        self.fill_all = true;
+    }
+
+    fn dial(&mut self) {
+        if self.config.seeding && self.peers.len() >= self.config.max_peers {
+            return;
+        }
+        let room = self
+            .config
+            .max_peers
+            .saturating_sub(self.peers.len() + self.book.dialing_count());
+        let room = room.min(MAX_HALF_OPEN.saturating_sub(self.book.dialing_count()));
+        if room == 0 {
+            return;
+        }
+        for addr in self
+            .book
+            .take_dial_candidates(room, std::time::Instant::now())
+        {
+            let key = self.new_key();
+            let ctx = self.peer_ctx.clone();
+            let span = info_span!("peer", %addr, dir = "out");
+            task::spawn(&self.tasks, "peer", span, connect_outgoing(ctx, key, addr));
+        }
+    }
+
+    /// Reads that gave up (deadline, unmount) dropped their receivers: stop wanting
+    /// pieces nobody waits for.
+    fn expire_abandoned_demands(&mut self) {
+        let before = self.waiters.len();
+        self.waiters.retain(|_, list| {
+            list.retain(|tx| !tx.is_closed());
+            !list.is_empty()
+        });
+        if self.waiters.len() != before {
+            let waiters = &self.waiters;
+            self.demand_order.retain(|p, _| waiters.contains_key(p));
+            self.wanted_dirty = true;
+        }
+    }
+
+    fn expire_requests(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for (piece, partial) in &self.partial {
+            for (index, state) in partial.blocks().iter().enumerate() {
+                if let super::partial::BlockState::Requested { peers, since } = state
+                    && now.duration_since(*since) > REQUEST_TIMEOUT
+                {
+                    for peer in peers {
+                        expired.push((*piece, index as u32, *peer));
+                    }
+                }
+            }
+        }
+        for (piece, block, peer) in expired {
+            if let Some(partial) = self.partial.get_mut(&piece) {
+                partial.forget_request(block, peer);
+            }
+            if let Some(slot) = self.peers.get_mut(&peer) {
+                slot.inflight.remove(&(piece, block));
+            }
+        }
+    }
+
+    fn update_rates(&mut self, now: Instant) {
+        let secs = now.duration_since(self.last_rates).as_secs_f64().max(0.001);
+        self.last_rates = now;
+        let mut uploaded = 0;
+        for slot in self.peers.values_mut() {
+            let down = slot.counters.downloaded();
+            let up = slot.counters.uploaded();
+            uploaded += up;
+            let down_rate = ((down - slot.last_downloaded.min(down)) as f64 / secs) as u64;
+            let up_rate = ((up - slot.last_uploaded.min(up)) as f64 / secs) as u64;
+            // Smooth over a few periods so one quiet second does not halve a queue.
+            slot.download_rate = (slot.download_rate + down_rate * 3) / 4;
+            slot.upload_rate = (slot.upload_rate + up_rate * 3) / 4;
+            slot.last_downloaded = down;
+            slot.last_uploaded = up;
+            let bytes_in_horizon = slot.download_rate as f64 * QUEUE_HORIZON.as_secs_f64();
+            let depth = (bytes_in_horizon / f64::from(BLOCK_SIZE)) as usize;
+            slot.queue_depth = depth.clamp(MIN_QUEUE_DEPTH, MAX_QUEUE_DEPTH);
+        }
+        self.stats.uploaded.fetch_max(uploaded, Ordering::Relaxed);
+    }
+
+    fn rechoke(&mut self, now: Instant) {
+        self.last_rechoke = now;
+        if !self.config.upload_enabled {
+            return;
+        }
+        let candidates: Vec<ChokeCandidate> = self
+            .peers
+            .iter()
+            .map(|(key, s)| ChokeCandidate {
+                key: *key,
+                interested: s.peer_interested,
+                snubbed: s.snubbed(now),
+                download_rate: s.download_rate,
+                upload_rate: s.upload_rate,
+                balance: s.counters.downloaded() as i64 - s.counters.uploaded() as i64,
+            })
+            .collect();
+        let rotate = now.duration_since(self.last_optimistic) >= OPTIMISTIC_EVERY;
+        if rotate {
+            self.last_optimistic = now;
+        }
+        let current = if rotate { None } else { self.optimistic };
+        let decision = choose_unchoked(
+            &candidates,
+            self.config.upload_slots,
+            self.config.seeding,
+            current,
+            |rest| (!rest.is_empty()).then(|| rest[rand::random_range(0..rest.len())]),
+        );
+        self.optimistic = decision.optimistic;
+        for (key, slot) in &mut self.peers {
+            let unchoke = decision.unchoked.contains(key) || decision.optimistic == Some(*key);
+            if unchoke && slot.am_choking {
+                slot.am_choking = false;
+                slot.send(Message::Unchoke);
+            } else if !unchoke && !slot.am_choking {
+                slot.am_choking = true;
+                slot.send(Message::Choke);
+            }
+        }
+    }
+
+    // ----- request scheduling -----
+
+    fn rebuild_wanted(&mut self) {
+        self.wanted_dirty = false;
+        let mut seen = HashSet::new();
+        let mut wanted = Vec::new();
+        let mut demanded: Vec<(u64, PieceIndex)> = self
+            .demand_order
+            .iter()
+            .map(|(p, seq)| (*seq, *p))
+            .collect();
+        demanded.sort();
+        for (_, piece) in demanded {
+            if !self.held(piece) && seen.insert(piece) {
+                wanted.push((piece, Urgency::Demand));
+            }
+        }
+        // Interleave readers' read-ahead so several streams progress together.
+        let longest = self.readahead.values().map(Vec::len).max().unwrap_or(0);
+        let mut readers: Vec<&Vec<PieceIndex>> = self.readahead.values().collect();
+        readers.sort_by_key(|list| list.first().copied());
+        for i in 0..longest {
+            for list in &readers {
+                if let Some(piece) = list.get(i)
+                    && !self.held(*piece)
+                    && seen.insert(*piece)
+                {
+                    wanted.push((*piece, Urgency::Readahead));
+                }
+            }
+        }
+        self.wanted = wanted;
+    }
+
+    fn fill_requests(&mut self) {
+        if self.config.seeding {
+            return;
+        }
+        if self.wanted_dirty {
+            self.rebuild_wanted();
+        }
+        let keys: Vec<PeerKey> = if self.fill_all {
+            self.peers.keys().copied().collect()
+        } else {
+            self.fill_peers.iter().copied().collect()
+        };
+        self.fill_all = false;
+        self.fill_peers.clear();
+        if self.wanted.is_empty() {
+            return;
+        }
+        // Peers that give most go first, so the most urgent blocks go to the fastest.
+        let mut keys = keys;
+        keys.sort_by_key(|k| std::cmp::Reverse(self.peers.get(k).map_or(0, |s| s.download_rate)));
+        for key in keys {
+            self.fill_peer(key);
+        }
+    }
+
+    fn fill_peer(&mut self, key: PeerKey) {
+        let now = Instant::now();
+        let Some(slot) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if slot.peer_choking || slot.has_count == 0 {
+            return;
+        }
+        // Demanded blocks may use the extra depth; read-ahead only the base depth.
+        let mut queued = slot.inflight.len();
+        let demand_limit = slot.queue_depth + DEMAND_EXTRA_DEPTH;
+        let readahead_limit = slot.queue_depth;
+        for &(piece, urgency) in &self.wanted {
+            let limit = match urgency {
+                Urgency::Demand => demand_limit,
+                Urgency::Readahead => readahead_limit,
+            };
+            if queued >= limit {
+                if urgency == Urgency::Readahead {
+                    break;
+                }
+                continue;
+            }
+            if !slot.has(piece)
+                || self.held.get(piece.as_usize()).copied().unwrap_or(true)
+                || self.verifying.contains(&piece)
+            {
+                continue;
+            }
+            let partial = self
+                .partial
+                .entry(piece)
+                .or_insert_with(|| PartialPiece::new(&self.layout, piece));
+            while queued < limit {
+                let Some(block) = partial.request_open(key, now) else {
+                    break;
+                };
+                send_request(slot, &self.layout, piece, block);
+                queued += 1;
+            }
+            if urgency == Urgency::Demand && partial.open_blocks() == 0 {
+                while queued < limit {
+                    let Some(block) = partial.request_duplicate(key, now, ENDGAME_MIN_AGE) else {
+                        break;
+                    };
+                    send_request(slot, &self.layout, piece, block);
+                    queued += 1;
+                }
+            }
+        }
+    }
+
+    // ----- reporting -----
+
+    fn explain(&self, pieces: &[PieceIndex]) -> String {
+        let mut parts = Vec::new();
+        for piece in pieces {
+            let having: Vec<&PeerSlot> = self.peers.values().filter(|s| s.has(*piece)).collect();
+            let why = if self.verifying.contains(piece) {
+                "being verified".to_string()
+            } else if having.is_empty() {
+                format!(
+                    "no connected peer has it ({} connected, {} addresses known)",
+                    self.peers.len(),
+                    self.book.known_count()
+                )
+            } else if having.iter().all(|s| s.peer_choking) {
+                format!("{} peer(s) have it but all are choking us", having.len())
+            } else {
+                let received = self.partial.get(piece).map_or(0, |p| p.received_blocks());
+                format!(
+                    "requested from {} peer(s), {}/{} blocks received",
+                    having.iter().filter(|s| !s.peer_choking).count(),
+                    received,
+                    self.layout.block_count(*piece)
+                )
+            };
+            parts.push(format!("piece {piece}: {why}"));
+        }
+        parts.join("; ")
+    }
+
+    fn status(&self) -> StatusSnapshot {
+        StatusSnapshot {
+            connected_peers: self.peers.len(),
+            known_peers: self.book.known_count(),
+            unchoked_by: self.peers.values().filter(|s| !s.peer_choking).count(),
+            partial_pieces: self.partial.len(),
+            waiting_pieces: self.waiters.len(),
+            ledger: self
+                .peers
+                .values()
+                .map(|s| {
+                    (
+                        s.addr,
+                        s.peer_id.client_tag(),
+                        s.counters.downloaded(),
+                        s.counters.uploaded(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn held(&self, piece: PieceIndex) -> bool {
+        self.held.get(piece.as_usize()).copied().unwrap_or(false)
+    }
+
+    fn new_key(&mut self) -> PeerKey {
+        let key = self.next_key;
+        self.next_key += 1;
+        key
+    }
+}
+
+fn send_request(slot: &mut PeerSlot, layout: &Layout, piece: PieceIndex, block: u32) {
+    let span = layout.block(piece, block);
+    slot.inflight.insert((piece, block));
+    slot.send(Message::Request(BlockRequest {
+        piece: piece.get(),
+        offset: span.piece_offset,
+        length: span.len_bytes,
+    }));
+}

@@ -1,0 +1,329 @@
+//! Real BitTorrent software from Debian packages, on loopback, through the lab scripts
+//! in `tests/peers/`: an opentracker (`tracker.sh`) and seeders (`seed.sh`), each with
+//! a fresh state directory, killed by PID and waited for on drop.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::fixture::Payload;
+use super::harness::peers_dir;
+use super::net::{free_port, next_ip};
+use super::process::{self, Registered, Resource, register, run, run_ok, tail, terminate};
+
+/// tracker.sh start waits up to 5 s for the listener itself.
+const TRACKER_START_DEADLINE: Duration = Duration::from_secs(20);
+
+/// seed.sh: qBittorrent's WebUI takes a few seconds to come up, transmission and rtorrent
+/// hash-check the data first, and then it waits up to 30 s for the tracker to list the
+/// seeder. 48 MiB on this machine takes well under 20 s in all; 120 s is the hang bound.
+const SEED_START_DEADLINE: Duration = Duration::from_secs(120);
+
+/// transmission sends its `stopped` announces on SIGTERM and needs 1–3 s to exit.
+const SEEDER_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The seeding clients seed.sh knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    Aria2,
+    QBittorrent,
+    Libtorrent,
+    Transmission,
+    Rtorrent,
+}
+
+impl Client {
+    pub const ALL: [Client; 5] = [
+        Client::Aria2,
+        Client::QBittorrent,
+        Client::Libtorrent,
+        Client::Transmission,
+        Client::Rtorrent,
+    ];
+
+    /// seed.sh's CLIENT argument.
+    pub fn script_name(self) -> &'static str {
+        match self {
+            Client::Aria2 => "aria2",
+            Client::QBittorrent => "qbittorrent",
+            Client::Libtorrent => "libtorrent",
+            Client::Transmission => "transmission",
+            Client::Rtorrent => "rtorrent",
+        }
+    }
+}
+
+/// An opentracker on 127.0.0.1 (HTTP `/announce` and UDP on one port), with its own
+/// directory (whitelist, log). Debian's opentracker only serves whitelisted info-hashes:
+/// call `allow` for every torrent.
+pub struct Tracker {
+    dir: TempDir,
+    port: u16,
+    pid: i32,
+    _registered: Registered,
+}
+
+impl Tracker {
+    pub fn start() -> Tracker {
+        process::become_subreaper();
+        let dir = tempfile::Builder::new()
+            .prefix("swarmfs-tracker-")
+            .tempdir()
+            .expect("tempdir");
+        let port = free_port(Ipv4Addr::LOCALHOST);
+        run_ok(
+            Command::new(peers_dir().join("tracker.sh"))
+                .arg("start")
+                .arg(dir.path())
+                .arg(port.to_string())
+                .arg("opentracker"),
+            TRACKER_START_DEADLINE,
+            "tracker.sh start",
+        );
+        let pid_file = dir.path().join("tracker.pid");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("read {}: {e}", pid_file.display()))
+            .trim()
+            .parse()
+            .expect("tracker.pid holds a PID");
+        let _registered = register(Resource::Process {
+            pid,
+            what: format!("opentracker :{port}"),
+        });
+        Tracker {
+            dir,
+            port,
+            pid,
+            _registered,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/announce`
+    pub fn announce_url(&self) -> String {
+        format!("http://127.0.0.1:{}/announce", self.port)
+    }
+
+    /// `udp://127.0.0.1:PORT`
+    pub fn udp_url(&self) -> String {
+        format!("udp://127.0.0.1:{}", self.port)
+    }
+
+    /// Whitelists a torrent (tracker.sh allow: append + SIGHUP).
+    pub fn allow(&self, torrent: &Path) {
+        run_ok(
+            Command::new(peers_dir().join("tracker.sh"))
+                .arg("allow")
+                .arg(self.dir.path())
+                .arg(torrent),
+            Duration::from_secs(10),
+            "tracker.sh allow",
+        );
+    }
+
+    /// The peers the tracker lists for `torrent`, as `IP:PORT`.
+    pub fn peers(&self, torrent: &Path) -> Vec<String> {
+        let out = run_ok(
+            Command::new(peers_dir().join("tracker.sh"))
+                .arg("peers")
+                .arg(self.dir.path())
+                .arg(torrent),
+            Duration::from_secs(15),
+            "tracker.sh peers",
+        );
+        out.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("tracker.log")
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        terminate(self.pid, Duration::from_secs(5), "opentracker");
+    }
+}
+
+/// seed.sh switches; the default trusts the data and waits until the tracker lists the seeder.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeedOptions {
+    /// SEED_CHECK=1: hash-check the data first (needed for a partial data dir).
+    pub check: bool,
+    /// SEED_NOWAIT=1: do not wait for the tracker to list us (torrents with a dead tracker).
+    pub no_wait: bool,
+    /// libtorrent only: print a status line every second (lt-client's `--status-every 1`),
+    /// so `wait_for_log` can see its state soon.
+    pub lt_status_every_second: bool,
+}
+
+/// One seeding client, listening on (and announcing from) its own IP:PORT.
+pub struct Seeder {
+    client: Client,
+    addr: SocketAddrV4,
+    pid: i32,
+    state: TempDir,
+    _registered: Registered,
+}
+
+impl Seeder {
+    /// Starts `client` seeding `torrent` from `datadir` (which contains the torrent's NAME)
+    /// on `ip:port`; returns once seed.sh says it is seeding (and, for torrents with an
+    /// HTTP tracker, once the tracker lists it).
+    pub fn start(
+        client: Client,
+        torrent: &Path,
+        datadir: &Path,
+        ip: Ipv4Addr,
+        port: u16,
+    ) -> Seeder {
+        Self::start_with(client, torrent, datadir, ip, port, SeedOptions::default())
+    }
+
+    /// `start` with seed.sh switches.
+    pub fn start_with(
+        client: Client,
+        torrent: &Path,
+        datadir: &Path,
+        ip: Ipv4Addr,
+        port: u16,
+        opts: SeedOptions,
+    ) -> Seeder {
+        process::become_subreaper();
+        let state = tempfile::Builder::new()
+            .prefix(&format!("swarmfs-seed-{}-", client.script_name()))
+            .tempdir()
+            .expect("tempdir");
+        let mut cmd = Command::new(peers_dir().join("seed.sh"));
+        cmd.arg(client.script_name())
+            .arg(torrent)
+            .arg(datadir)
+            .arg(ip.to_string())
+            .arg(port.to_string())
+            .arg(state.path())
+            .env_remove("LT_ARGS")
+            .env_remove("QB_MULTI_PER_IP")
+            .env_remove("TR_DEBUG")
+            .env("SEED_CHECK", if opts.check { "1" } else { "0" })
+            .env("SEED_NOWAIT", if opts.no_wait { "1" } else { "0" });
+        if opts.lt_status_every_second {
+            cmd.env("LT_ARGS", "--status-every 1");
+        }
+        let what = format!("seed.sh {} on {ip}:{port}", client.script_name());
+        let out = run(&mut cmd, SEED_START_DEADLINE, &what);
+        let pid = out.stdout.lines().rev().find_map(|l| {
+            l.strip_prefix("PID ")
+                .and_then(|p| p.trim().parse::<i32>().ok())
+        });
+        let Some(pid) = pid.filter(|_| out.status.success()) else {
+            panic!(
+                "{what} failed: {out}\n--- state dir logs ---\n{}",
+                state_logs(state.path())
+            );
+        };
+        if !out.stderr.trim().is_empty() {
+            eprintln!("{what}: {}", out.stderr.trim());
+        }
+        let _registered = register(Resource::Process {
+            pid,
+            what: what.clone(),
+        });
+        Seeder {
+            client,
+            addr: SocketAddrV4::new(ip, port),
+            pid,
+            state,
+            _registered,
+        }
+    }
+
+    /// Seeds `payload` with `client` on a fresh loopback IP and port.
+    pub fn spawn(client: Client, payload: &Payload) -> Seeder {
+        Self::spawn_with(client, payload, &payload.data_dir, SeedOptions::default())
+    }
+
+    /// `spawn` with a different data dir (e.g. `Payload::partial_copy`) and switches.
+    pub fn spawn_with(
+        client: Client,
+        payload: &Payload,
+        datadir: &Path,
+        opts: SeedOptions,
+    ) -> Seeder {
+        let ip = next_ip();
+        let port = free_port(ip);
+        Self::start_with(client, &payload.torrent, datadir, ip, port, opts)
+    }
+
+    pub fn client(&self) -> Client {
+        self.client
+    }
+
+    pub fn addr(&self) -> SocketAddrV4 {
+        self.addr
+    }
+
+    /// `IP:PORT`, as `swarmfs mount --peer` takes it.
+    pub fn peer_arg(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// Polls the client's logs in its state dir until one contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
+        let end = std::time::Instant::now() + limit;
+        loop {
+            if state_logs(self.state.path()).contains(needle) {
+                return true;
+            }
+            if std::time::Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Everything the client logged, for failure messages.
+    pub fn logs(&self) -> String {
+        state_logs(self.state.path())
+    }
+}
+
+impl Drop for Seeder {
+    fn drop(&mut self) {
+        let what = format!("{} seeder on {}", self.client.script_name(), self.addr);
+        terminate(self.pid, SEEDER_STOP_GRACE, &what);
+    }
+}
+
+/// The tails of the *.log files seed.sh's clients write in their state dir.
+fn state_logs(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "log") {
+                out.push_str(&format!("== {} ==\n{}\n", p.display(), tail(&p, 40)));
+            }
+        }
+    }
+    out
+}
