@@ -174,6 +174,7 @@ impl Drop for PinnedPiece {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
     use crate::layout::Layout;

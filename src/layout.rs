@@ -120,7 +120,7 @@ impl Layout {
     /// The block index of a (piece offset, length) pair that came off the wire, if it is
     /// exactly one of our blocks.
     pub fn block_index(&self, piece: PieceIndex, piece_offset: u32, len_bytes: u32) -> Option<u32> {
-        if piece_offset % BLOCK_SIZE != 0 {
+        if !piece_offset.is_multiple_of(BLOCK_SIZE) {
             return None;
         }
         let index = piece_offset / BLOCK_SIZE;
@@ -220,6 +220,7 @@ impl Layout {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
 

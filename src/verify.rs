@@ -60,6 +60,7 @@ pub fn verify_piece(
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
     use crate::layout::Layout;

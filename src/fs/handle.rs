@@ -62,7 +62,6 @@ impl ReadWindow {
 /// One open file.
 #[derive(Debug)]
 pub struct Handle {
-    pub ino: u64,
     pub file_index: usize,
     pub window: ReadWindow,
     /// The pieces last sent as read-ahead (to skip resending the same set).

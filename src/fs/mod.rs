@@ -147,7 +147,6 @@ impl TorrentFs {
         self.lock_handles().insert(
             fh,
             Handle {
-                ino,
                 file_index,
                 window,
                 last_readahead: None,

@@ -35,6 +35,8 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(90);
 /// (`reqq`), so this lets a fast leecher keep its pipeline full while a flood cannot grow
 /// memory (each queued entry is 12 bytes; data is read only when sent).
 pub const MAX_QUEUED_UPLOADS: usize = 512;
+/// Buffered output is flushed at this size even while more is ready (bounds the buffer).
+const FLUSH_AT_BYTES: usize = 256 * 1024;
 /// The largest block we serve (BEP 3's 16 KiB; clients that ask more get refused).
 const MAX_UPLOAD_BLOCK: u32 = BLOCK_SIZE;
 
@@ -336,10 +338,8 @@ async fn write_loop(
             }
         }
         // Flush once nothing else is ready, so bursts go out in few syscalls.
-        if commands.is_empty() && (am_choking || queue.is_empty()) {
-            SinkExt::<Message>::flush(&mut frames).await.map_err(wire)?;
-            last_write = Instant::now();
-        } else if frames.write_buffer().len() >= 256 * 1024 {
+        let idle = commands.is_empty() && (am_choking || queue.is_empty());
+        if idle || frames.write_buffer().len() >= FLUSH_AT_BYTES {
             SinkExt::<Message>::flush(&mut frames).await.map_err(wire)?;
             last_write = Instant::now();
         }

@@ -81,7 +81,6 @@ struct PeerSlot {
     peer_id: PeerId,
     commands: mpsc::UnboundedSender<PeerCommand>,
     counters: Arc<PeerCounters>,
-    outgoing: bool,
     has: Vec<bool>,
     has_count: u32,
     peer_choking: bool,
@@ -117,7 +116,6 @@ struct Actor {
     meta: Arc<Metainfo>,
     layout: Arc<Layout>,
     cache: Arc<SharedCache>,
-    store: Arc<PieceStore>,
     config: TorrentConfig,
     stats: Arc<TorrentStats>,
     peer_ctx: PeerContext,
@@ -185,7 +183,6 @@ pub fn spawn_torrent(
         meta: Arc::clone(&meta),
         layout: Arc::clone(&layout),
         cache: Arc::clone(&cache),
-        store,
         config,
         stats: Arc::clone(&stats),
         peer_ctx,
@@ -311,11 +308,11 @@ impl Actor {
     }
 
     fn want(&mut self, piece: PieceIndex, reply: oneshot::Sender<Bytes>) {
-        if self.held(piece) {
-            if let Some(bytes) = self.cache.lock().get(piece) {
-                let _ = reply.send(bytes);
-                return;
-            }
+        if self.held(piece)
+            && let Some(bytes) = self.cache.lock().get(piece)
+        {
+            let _ = reply.send(bytes);
+            return;
         }
         self.waiters.entry(piece).or_default().push(reply);
         if !self.demand_order.contains_key(&piece) {
@@ -352,7 +349,6 @@ impl Actor {
                         peer_id,
                         commands,
                         counters,
-                        outgoing,
                         has: vec![false; self.layout.piece_count() as usize],
                         has_count: 0,
                         peer_choking: true,

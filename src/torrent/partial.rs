@@ -144,6 +144,7 @@ impl PartialPiece {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
     use std::time::Duration;
