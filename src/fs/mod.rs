@@ -9,6 +9,8 @@ mod handle;
 mod inode;
 
 use std::collections::HashMap;
+
+use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -156,7 +158,7 @@ impl TorrentFs {
     }
 
     /// Reads up to `size` bytes at `offset`; fewer at EOF, none past it.
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
         let layout = &self.torrent.layout;
         let (range, readahead) = {
             let mut handles = self.lock_handles();
@@ -167,7 +169,7 @@ impl TorrentFs {
             let file_len = file_range.end - file_range.start;
             let range = layout.file_read_range(handle.file_index, offset, u64::from(size));
             if range.is_empty() {
-                return Ok(Vec::new());
+                return Ok(Bytes::new());
             }
             let ahead = handle.window.on_read(offset, u64::from(size), file_len);
             let ahead_torrent =

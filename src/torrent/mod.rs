@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -45,6 +45,14 @@ pub enum ReadError {
     },
     #[error("the torrent is shutting down")]
     ShuttingDown,
+    /// A broken invariant of ours, reported instead of panicking.
+    #[error("bug: piece {piece} is {len} bytes, the read wanted {start}..{end} of it")]
+    BugPieceTooShort {
+        piece: u32,
+        len: usize,
+        start: usize,
+        end: usize,
+    },
 }
 
 /// How a torrent runs.
@@ -139,12 +147,13 @@ pub struct TorrentHandle {
 
 impl TorrentHandle {
     /// Reads `torrent_range` (already clamped to a file), waiting at most until `deadline`
-    /// for missing pieces.
+    /// for missing pieces. A range inside one piece is returned as a slice of the cached
+    /// piece (no copy); a range across pieces is copied once into a new buffer.
     pub async fn read(
         &self,
         torrent_range: Range<u64>,
         deadline: Instant,
-    ) -> Result<Vec<u8>, ReadError> {
+    ) -> Result<Bytes, ReadError> {
         let started = Instant::now();
         let pieces: Vec<PieceIndex> = self
             .layout
@@ -166,7 +175,12 @@ impl TorrentHandle {
             .filter(|(_, h)| matches!(h, Held::Waiting(_)))
             .map(|(p, _)| *p)
             .collect();
-        let mut out = Vec::with_capacity((torrent_range.end - torrent_range.start) as usize);
+        let single_piece = held.len() == 1;
+        let mut out = BytesMut::with_capacity(if single_piece {
+            0
+        } else {
+            (torrent_range.end - torrent_range.start) as usize
+        });
         for (piece, state) in held {
             // A pinned piece stays pinned until its bytes are copied out below.
             let (bytes, _pin) = match state {
@@ -189,12 +203,21 @@ impl TorrentHandle {
                 }
             };
             let overlap = self.layout.piece_overlap(piece, &torrent_range);
-            let slice = bytes
-                .get(overlap.start as usize..overlap.end as usize)
-                .ok_or(ReadError::ShuttingDown)?;
-            out.extend_from_slice(slice);
+            let (start, end) = (overlap.start as usize, overlap.end as usize);
+            if end > bytes.len() || start > end {
+                return Err(ReadError::BugPieceTooShort {
+                    piece: piece.get(),
+                    len: bytes.len(),
+                    start,
+                    end,
+                });
+            }
+            if single_piece {
+                return Ok(bytes.slice(start..end));
+            }
+            out.extend_from_slice(&bytes[start..end]);
         }
-        Ok(out)
+        Ok(out.freeze())
     }
 
     /// Sets the read-ahead of one reader (an open file handle).
