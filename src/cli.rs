@@ -39,6 +39,9 @@ pub struct PeerArgs {
     /// Most peers connected at once.
     #[arg(long, default_value_t = 50)]
     pub max_peers: usize,
+    /// Upload limit for all peers together, per second (e.g. 5MiB); 0 = unlimited.
+    #[arg(long, default_value = "0")]
+    pub upload_rate: String,
     /// Peers we upload to at once (plus one optimistic unchoke).
     #[arg(long, default_value_t = 4)]
     pub upload_slots: usize,

@@ -33,17 +33,23 @@ fn load_metainfo(path: &Path) -> anyhow::Result<Arc<Metainfo>> {
     Ok(Arc::new(meta))
 }
 
-fn engine_options(peer: &PeerArgs, upload_enabled: bool, seeding: bool) -> EngineOptions {
-    EngineOptions {
+fn engine_options(
+    peer: &PeerArgs,
+    upload_enabled: bool,
+    seeding: bool,
+) -> anyhow::Result<EngineOptions> {
+    let upload_rate = parse_size(&peer.upload_rate)?;
+    Ok(EngineOptions {
         listen: peer.listen,
         peers: peer.peers.clone(),
         torrent: TorrentConfig {
             max_peers: peer.max_peers.max(1),
             upload_slots: peer.upload_slots,
             upload_enabled,
+            upload_rate: (upload_rate > 0).then_some(upload_rate),
             seeding,
         },
-    }
+    })
 }
 
 /// `swarmfs mount`.
@@ -75,7 +81,7 @@ pub async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         Arc::clone(&meta),
         cache,
         store,
-        engine_options(&args.peer, !args.no_upload, false),
+        engine_options(&args.peer, !args.no_upload, false)?,
     )
     .await?;
     let policy = ReadPolicy {
@@ -143,7 +149,7 @@ pub async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
         Arc::clone(&meta),
         cache,
         store,
-        engine_options(&args.peer, true, true),
+        engine_options(&args.peer, true, true)?,
     )
     .await?;
     eprintln!(
@@ -204,17 +210,22 @@ async fn wait_for_stop(finished: impl Fn() -> bool) -> &'static str {
     }
 }
 
-/// A one-line status on stderr, refreshed every second, when stderr is a terminal.
+/// Every 30 s, the log gets the totals and the credit ledger (bytes each peer gave us
+/// and we gave it), whether or not a terminal is attached.
+const STATUS_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// A one-line status on stderr, refreshed every second when stderr is a terminal, and a
+/// status and ledger entry in the log every `STATUS_LOG_EVERY`.
 fn spawn_status_line(
     torrent: Arc<TorrentHandle>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        if !std::io::stderr().is_terminal() {
-            return;
-        }
+        let terminal = std::io::stderr().is_terminal();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let (mut last_down, mut last_up) = (0u64, 0u64);
+        let mut last_log = tokio::time::Instant::now();
+        let (mut log_down, mut log_up) = (0u64, 0u64);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -236,22 +247,47 @@ fn spawn_status_line(
             } else {
                 0.0
             };
-            eprint!(
-                "\r\x1b[2Kpeers {}/{} (unchoked by {}) | down {:.1} MiB/s {:.0} MiB | up {:.1} MiB/s {:.0} MiB | ratio {:.2} | cache {:.0} MiB | waiting {}",
-                status.connected_peers,
-                status.known_peers,
-                status.unchoked_by,
-                (down - last_down.min(down)) as f64 / 1048576.0,
-                down as f64 / 1048576.0,
-                (up - last_up.min(up)) as f64 / 1048576.0,
-                up as f64 / 1048576.0,
-                ratio,
-                cache as f64 / 1048576.0,
-                status.waiting_pieces,
-            );
+            let mib = |b: u64| b as f64 / 1048576.0;
+            if terminal {
+                eprint!(
+                    "\r\x1b[2Kpeers {}/{} (unchoked by {}) | down {:.1} MiB/s {:.0} MiB | up {:.1} MiB/s {:.0} MiB | ratio {:.2} | cache {:.0} MiB | waiting {}",
+                    status.connected_peers,
+                    status.known_peers,
+                    status.unchoked_by,
+                    mib(down - last_down.min(down)),
+                    mib(down),
+                    mib(up - last_up.min(up)),
+                    mib(up),
+                    ratio,
+                    mib(cache),
+                    status.waiting_pieces,
+                );
+            }
             last_down = down;
             last_up = up;
+            let since = last_log.elapsed();
+            if since >= STATUS_LOG_EVERY {
+                let secs = since.as_secs_f64();
+                info!(
+                    peers = status.connected_peers,
+                    down_mib_s = format!("{:.1}", mib(down - log_down.min(down)) / secs),
+                    up_mib_s = format!("{:.1}", mib(up - log_up.min(up)) / secs),
+                    down_mib = format!("{:.0}", mib(down)),
+                    up_mib = format!("{:.0}", mib(up)),
+                    ratio = format!("{ratio:.2}"),
+                    cache_mib = format!("{:.0}", mib(cache)),
+                    "status"
+                );
+                for (addr, client, given, taken) in &status.ledger {
+                    info!(%addr, %client, gave_us_mib = format!("{:.1}", mib(*given)), we_gave_mib = format!("{:.1}", mib(*taken)), "ledger");
+                }
+                last_log = tokio::time::Instant::now();
+                log_down = down;
+                log_up = up;
+            }
         }
-        eprintln!();
+        if terminal {
+            eprintln!();
+        }
     })
 }

@@ -34,6 +34,7 @@ pub mod logging;
 pub mod metainfo;
 pub mod mount;
 pub mod peer;
+pub mod ratelimit;
 pub mod store;
 pub mod swarm;
 pub mod task;

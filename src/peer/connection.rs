@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{PeerCommand, PeerCounters, PeerError, PeerEvent, PeerKey};
 use crate::layout::Layout;
+use crate::ratelimit::RateLimiter;
 use crate::store::PieceStore;
 use crate::types::{BLOCK_SIZE, InfoHash, PeerId};
 use crate::wire::{
@@ -51,6 +52,8 @@ pub struct PeerContext {
     pub shutdown: CancellationToken,
     /// Whether uploads are allowed at all (`--no-upload` turns them off).
     pub upload_enabled: bool,
+    /// The torrent's upload limit (`--upload-rate`), if any.
+    pub upload_limit: Option<Arc<RateLimiter>>,
 }
 
 /// Dials `addr`, shakes hands and runs the connection until it ends.
@@ -268,10 +271,26 @@ async fn write_loop(
     let mut queue: VecDeque<BlockRequest> = VecDeque::new();
     let mut am_choking = true;
     let mut last_write = Instant::now();
+    // Tokens already taken for the block at the front of the queue.
+    let mut prepaid = false;
     loop {
         // Serve one queued request per turn, so commands (our own requests, which keep
         // our downloads going) interleave with uploads.
-        let can_upload = !am_choking && !queue.is_empty();
+        let mut can_upload = !am_choking && !queue.is_empty();
+        let mut upload_retry = None;
+        if can_upload
+            && !prepaid
+            && let Some(limit) = &ctx.upload_limit
+            && let Some(next) = queue.front()
+        {
+            match limit.try_take(next.length as usize, std::time::Instant::now()) {
+                Ok(()) => prepaid = true,
+                Err(wait) => {
+                    can_upload = false;
+                    upload_retry = Some(Instant::now() + wait);
+                }
+            }
+        }
         tokio::select! {
             biased;
             command = commands.recv() => {
@@ -316,6 +335,7 @@ async fn write_loop(
                 }
             }
             () = std::future::ready(()), if can_upload => {
+                prepaid = false;
                 if let Some(request) = queue.pop_front() {
                     let block = ctx.layout.piece(request.piece).and_then(|piece| {
                         ctx.store.read_block(&ctx.layout, piece, request.offset, request.length)
@@ -333,6 +353,7 @@ async fn write_loop(
                     }
                 }
             }
+            () = tokio::time::sleep_until(upload_retry.unwrap_or(last_write)), if upload_retry.is_some() => {}
             () = tokio::time::sleep_until(last_write + KEEPALIVE_EVERY) => {
                 frames.feed(Message::KeepAlive).await.map_err(wire)?;
             }

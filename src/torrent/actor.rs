@@ -27,6 +27,7 @@ use crate::metainfo::Metainfo;
 use crate::peer::{
     PeerCommand, PeerContext, PeerCounters, PeerEvent, PeerKey, accept_incoming, connect_outgoing,
 };
+use crate::ratelimit::RateLimiter;
 use crate::store::PieceStore;
 use crate::swarm::AddressBook;
 use crate::task;
@@ -176,6 +177,9 @@ pub fn spawn_torrent(
         events: event_tx,
         shutdown: shutdown.child_token(),
         upload_enabled: config.upload_enabled,
+        upload_limit: config
+            .upload_rate
+            .map(|rate| Arc::new(RateLimiter::new(rate))),
     };
     let now = Instant::now();
     let held = vec![false; layout.piece_count() as usize];

@@ -64,6 +64,8 @@ pub struct TorrentConfig {
     pub upload_slots: usize,
     /// Whether to upload at all.
     pub upload_enabled: bool,
+    /// Upload limit in bytes per second for all peers together (`None`: unlimited).
+    pub upload_rate: Option<u64>,
     /// Whether this is a seeder with complete data (never downloads).
     pub seeding: bool,
 }
