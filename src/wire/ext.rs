@@ -100,10 +100,17 @@ fn put_int(out: &mut Vec<u8>, n: impl std::fmt::Display) {
     out.extend_from_slice(format!("i{n}e").as_bytes());
 }
 
-/// Walks the first bencoded value in `bytes` without recursing and refuses it if lists
-/// and dictionaries nest deeper than `MAX_DEPTH`. Anything malformed ends the walk with
-/// `Ok`, leaving serde_bencode to report it.
+/// Refuses `bytes` if lists and dictionaries in its first bencoded value nest deeper
+/// than `MAX_DEPTH`; anything else malformed is left to serde_bencode to report.
 fn check_depth(bytes: &[u8]) -> Result<(), WireError> {
+    first_value_end(bytes).map(|_| ())
+}
+
+/// Walks the first bencoded value in `bytes` without recursing and returns the offset just
+/// past it (`None` if it is malformed or truncated), refusing nesting deeper than
+/// `MAX_DEPTH`. Extension messages such as BEP 9's data message put raw bytes after a
+/// dictionary; this is how their start is found.
+pub(crate) fn first_value_end(bytes: &[u8]) -> Result<Option<usize>, WireError> {
     let mut depth = 0usize;
     let mut pos = 0usize;
     while let Some(&byte) = bytes.get(pos) {
@@ -125,10 +132,11 @@ fn check_depth(bytes: &[u8]) -> Result<(), WireError> {
         };
         match next {
             Some(next) if depth > 0 => pos = next,
-            _ => return Ok(()),
+            Some(next) => return Ok(Some(next)),
+            None => return Ok(None),
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Index just past the first `needle` at or after `pos`.

@@ -16,6 +16,8 @@ pub mod codec;
 pub mod ext;
 pub mod handshake;
 pub mod message;
+pub mod metadata;
+pub mod pex;
 
 pub use codec::{DEFAULT_MAX_MESSAGE_LEN, MessageCodec};
 pub use ext::ExtendedHandshake;
@@ -43,6 +45,12 @@ pub enum WireError {
 
     #[error("extended handshake nests deeper than {max} levels")]
     ExtendedHandshakeTooDeep { max: usize },
+
+    #[error("malformed ut_metadata message: {0}")]
+    BadMetadataMessage(&'static str),
+
+    #[error("malformed ut_pex message")]
+    BadPexMessage,
 }
 
 // Frame lengths arrive as u32 and are used as buffer sizes; swarmfs only builds for
