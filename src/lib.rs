@@ -31,6 +31,7 @@ pub mod fs;
 pub mod fuse;
 pub mod layout;
 pub mod logging;
+pub mod magnet;
 pub mod metainfo;
 pub mod mount;
 pub mod peer;
