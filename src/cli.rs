@@ -49,8 +49,8 @@ pub struct PeerArgs {
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
-    /// The .torrent file.
-    pub torrent: PathBuf,
+    /// A .torrent file, or a magnet link (`magnet:?xt=urn:btih:...`).
+    pub torrent: String,
     /// An existing empty directory to mount on.
     pub mountpoint: PathBuf,
     #[command(flatten)]
@@ -61,6 +61,9 @@ pub struct MountArgs {
     /// A read whose data cannot be had this long gets EIO (e.g. 60s, 500ms, 2m).
     #[arg(long, default_value = "60s")]
     pub read_timeout: String,
+    /// With a magnet link: give up if no peer has sent the torrent's metadata by then.
+    #[arg(long, default_value = "120s")]
+    pub metadata_timeout: String,
     /// Never upload (peers still see us, but all requests are refused).
     #[arg(long)]
     pub no_upload: bool,

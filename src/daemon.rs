@@ -2,6 +2,7 @@
 //! unmount, and stop in order (engine first, so waiting reads are answered, then unmount).
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +20,17 @@ use crate::engine::{Engine, EngineOptions};
 use crate::fs::{ReadPolicy, TorrentFs};
 use crate::fuse::FuseAdapter;
 use crate::layout::Layout;
+use crate::magnet::Magnet;
+use crate::metadata::fetch_metadata;
 use crate::metainfo::{CreateOptions, Metainfo, create_torrent};
 use crate::store::{DiskStore, PieceStore};
 use crate::torrent::{TorrentConfig, TorrentHandle, TorrentStats};
+use crate::tracker::{
+    AnnounceEvent, AnnounceRequest, TrackerClient, TransferStats, run_announce_loop,
+};
+use crate::types::PeerId;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// How often the engine checks whether someone unmounted us from outside.
 const UNMOUNT_POLL: Duration = Duration::from_millis(200);
@@ -54,7 +63,16 @@ fn engine_options(
 
 /// `swarmfs mount`.
 pub async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
-    let meta = load_metainfo(&args.torrent)?;
+    let mut options = engine_options(&args.peer, !args.no_upload, false)?;
+    let meta = if args.torrent.starts_with("magnet:") {
+        let Some((meta, magnet_peers)) = metainfo_from_magnet(&args).await? else {
+            return Ok(());
+        };
+        options.peers.extend(magnet_peers);
+        meta
+    } else {
+        load_metainfo(Path::new(&args.torrent))?
+    };
     let cache_bytes = parse_size(&args.cache_size)?;
     if cache_bytes < 1 << 20 {
         bail!(ConfigError::CacheTooSmall { bytes: cache_bytes });
@@ -77,13 +95,7 @@ pub async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     );
     let cache = SharedCache::new(cache_bytes);
     let store = Arc::new(PieceStore::Cache(Arc::clone(&cache)));
-    let engine = Engine::start(
-        Arc::clone(&meta),
-        cache,
-        store,
-        engine_options(&args.peer, !args.no_upload, false)?,
-    )
-    .await?;
+    let engine = Engine::start(Arc::clone(&meta), cache, store, options).await?;
     let policy = ReadPolicy {
         read_timeout,
         readahead_floor_bytes: READAHEAD_FLOOR_BYTES,
@@ -117,6 +129,89 @@ pub async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         .await?
         .context("unmount failed")?;
     Ok(())
+}
+
+/// Fetches the metadata a magnet link names from its peers (BEP 9), saying on stderr what
+/// it waits for. Returns the metainfo and the magnet's own peers (`x.pe`); `None` when
+/// interrupted first.
+async fn metainfo_from_magnet(
+    args: &MountArgs,
+) -> anyhow::Result<Option<(Arc<Metainfo>, Vec<SocketAddr>)>> {
+    let magnet = Magnet::parse(&args.torrent)?;
+    let limit = parse_duration(&args.metadata_timeout)?;
+    let magnet_peers = magnet.peers.clone();
+    let mut peers = magnet.peers.clone();
+    peers.extend(&args.peer.peers);
+    eprintln!(
+        "swarmfs: waiting for the metadata of {}{} from {} tracker(s) and {} peer(s) (up to {:?})",
+        magnet.info_hash,
+        magnet
+            .display_name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default(),
+        magnet.trackers.len(),
+        peers.len(),
+        limit
+    );
+    let our_id = PeerId::generate();
+    let shutdown = CancellationToken::new();
+    let (peers_tx, peers_rx) = mpsc::channel(16);
+    if !peers.is_empty() {
+        let _ = peers_tx.send(peers).await;
+    }
+    let tiers = magnet.tracker_tiers();
+    let announcer = if tiers.is_empty() {
+        None
+    } else {
+        let listen = args.peer.listen;
+        let local_ip = (!listen.ip().is_unspecified()).then_some(listen.ip());
+        let client = TrackerClient::new(local_ip)?;
+        let base = AnnounceRequest {
+            info_hash: magnet.info_hash,
+            peer_id: our_id,
+            port: listen.port(),
+            uploaded: 0,
+            downloaded: 0,
+            // The size is not known yet; any non-zero value says we are a leecher.
+            left: 1,
+            event: AnnounceEvent::Started,
+            num_want: 80,
+            tracker_id: None,
+        };
+        let stats = || TransferStats {
+            uploaded: 0,
+            downloaded: 0,
+            left: 1,
+        };
+        Some(tokio::spawn(run_announce_loop(
+            client,
+            tiers.clone(),
+            base,
+            stats,
+            peers_tx.clone(),
+            shutdown.clone(),
+        )))
+    };
+    drop(peers_tx);
+    let fetch = fetch_metadata(magnet.info_hash, our_id, peers_rx, limit, shutdown.clone());
+    let outcome = tokio::select! {
+        r = fetch => Some(r),
+        reason = wait_for_stop(|| false) => {
+            info!("{reason} while waiting for metadata");
+            None
+        }
+    };
+    shutdown.cancel();
+    if let Some(task) = announcer {
+        let _ = tokio::time::timeout(Duration::from_secs(6), task).await;
+    }
+    let Some(info) = outcome.transpose()? else {
+        return Ok(None);
+    };
+    let meta = Metainfo::from_info_bytes(&info, tiers)
+        .context("the metadata peers sent is not a valid info dictionary")?;
+    Ok(Some((Arc::new(meta), magnet_peers)))
 }
 
 /// `swarmfs seed`.

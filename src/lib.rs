@@ -32,6 +32,7 @@ pub mod fuse;
 pub mod layout;
 pub mod logging;
 pub mod magnet;
+pub mod metadata;
 pub mod metainfo;
 pub mod mount;
 pub mod peer;

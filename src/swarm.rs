@@ -15,6 +15,8 @@ pub enum PeerSource {
     User,
     Tracker,
     Incoming,
+    /// Another peer told us (BEP 11).
+    Pex,
 }
 
 /// First retry delay after a failed connection; doubles per failure.

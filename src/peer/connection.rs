@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -54,6 +55,8 @@ pub struct PeerContext {
     pub upload_enabled: bool,
     /// The torrent's upload limit (`--upload-rate`), if any.
     pub upload_limit: Option<Arc<RateLimiter>>,
+    /// Our BEP 10 extended handshake, sent to peers that support extensions.
+    pub ext_handshake: Bytes,
 }
 
 /// Dials `addr`, shakes hands and runs the connection until it ends.
@@ -155,8 +158,9 @@ async fn run_session(
     let (read_half, write_half) = stream.into_split();
     let (upload_tx, upload_rx) = mpsc::channel(MAX_QUEUED_UPLOADS);
     let reader = read_loop(&ctx, key, addr, read_half, upload_tx, fast, &counters);
+    let extensions = theirs.supports_extensions();
     let writer = write_loop(
-        &ctx, addr, write_half, command_rx, upload_rx, fast, &counters,
+        &ctx, addr, write_half, command_rx, upload_rx, fast, extensions, &counters,
     );
     let result = tokio::select! {
         r = reader => r,
@@ -235,6 +239,7 @@ async fn read_loop(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn write_loop(
     ctx: &PeerContext,
     addr: SocketAddr,
@@ -242,6 +247,7 @@ async fn write_loop(
     mut commands: mpsc::UnboundedReceiver<PeerCommand>,
     mut uploads: mpsc::Receiver<UploadItem>,
     fast: bool,
+    extensions: bool,
     counters: &PeerCounters,
 ) -> Result<(), PeerError> {
     let mut frames = FramedWrite::new(write_half, MessageCodec::new(DEFAULT_MAX_MESSAGE_LEN));
@@ -263,6 +269,15 @@ async fn write_loop(
         }
         frames
             .feed(Message::Bitfield(bits.into()))
+            .await
+            .map_err(wire)?;
+    }
+    if extensions {
+        frames
+            .feed(Message::Extended {
+                id: 0,
+                payload: ctx.ext_handshake.clone(),
+            })
             .await
             .map_err(wire)?;
     }

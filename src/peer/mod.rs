@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-pub use connection::{PeerContext, accept_incoming, connect_outgoing};
+pub use connection::{MAX_QUEUED_UPLOADS, PeerContext, accept_incoming, connect_outgoing};
 
 use crate::types::PeerId;
 use crate::wire::{Message, WireError};

@@ -29,11 +29,13 @@ use crate::peer::{
 };
 use crate::ratelimit::RateLimiter;
 use crate::store::PieceStore;
-use crate::swarm::AddressBook;
+use crate::swarm::{AddressBook, PeerSource};
 use crate::task;
 use crate::types::{BLOCK_SIZE, PeerId, PieceIndex};
 use crate::verify::{HashMismatch, VerifiedPiece, verify_piece};
-use crate::wire::{BlockRequest, Message};
+use crate::wire::metadata::{METADATA_PIECE_LEN, MetadataMessage, OUR_UT_METADATA_ID};
+use crate::wire::pex::{MAX_PEX_PEERS, OUR_UT_PEX_ID, PexMessage};
+use crate::wire::{BlockRequest, ExtendedHandshake, Message};
 
 /// How often the actor dials peers, expires abandoned demands and re-checks timeouts.
 const TICK: Duration = Duration::from_millis(200);
@@ -67,6 +69,8 @@ const MAX_UNSOLICITED_BLOCKS: u32 = 256;
 /// Accepted connections beyond `max_peers`, so peers that dial us are not all refused
 /// when we are full of our own dials.
 const INCOMING_EXTRA: usize = 10;
+/// BEP 11: PEX messages go out at most once a minute.
+const PEX_EVERY: Duration = Duration::from_secs(60);
 /// Hash failures a peer may share in before it is banned.
 const MAX_STRIKES: u32 = 3;
 
@@ -90,6 +94,8 @@ struct PeerSlot {
     am_choking: bool,
     inflight: HashSet<(PieceIndex, u32)>,
     queue_depth: usize,
+    /// The most requests it will queue from us (its `reqq`, or our own ceiling).
+    max_queue_depth: usize,
     download_rate: u64,
     upload_rate: u64,
     last_downloaded: u64,
@@ -97,6 +103,13 @@ struct PeerSlot {
     last_block_at: Instant,
     unsolicited: u32,
     strikes: u32,
+    /// Their message ids for the extensions we use (from their extended handshake).
+    ut_metadata: Option<u8>,
+    ut_pex: Option<u8>,
+    /// Where this peer accepts connections (PEX tells others of it).
+    listen_addr: Option<SocketAddr>,
+    /// The peers we last told it of by PEX.
+    pex_sent: HashSet<SocketAddr>,
 }
 
 impl PeerSlot {
@@ -147,6 +160,7 @@ struct Actor {
     last_rates: Instant,
     last_rechoke: Instant,
     last_optimistic: Instant,
+    last_pex: Instant,
 
     verified_tx: mpsc::UnboundedSender<(PieceIndex, Result<VerifiedPiece, HashMismatch>)>,
 }
@@ -180,6 +194,7 @@ pub fn spawn_torrent(
         upload_limit: config
             .upload_rate
             .map(|rate| Arc::new(RateLimiter::new(rate))),
+        ext_handshake: our_extended_handshake(&meta, own_addrs.first().map_or(0, SocketAddr::port)),
     };
     let now = Instant::now();
     let held = vec![false; layout.piece_count() as usize];
@@ -211,6 +226,7 @@ pub fn spawn_torrent(
         last_rates: now,
         last_rechoke: now,
         last_optimistic: now,
+        last_pex: now,
         verified_tx,
     };
     let span = info_span!("torrent", name = %meta.name);
@@ -361,6 +377,7 @@ impl Actor {
                         am_choking: true,
                         inflight: HashSet::new(),
                         queue_depth: MIN_QUEUE_DEPTH,
+                        max_queue_depth: MAX_QUEUE_DEPTH,
                         download_rate: 0,
                         upload_rate: 0,
                         last_downloaded: 0,
@@ -368,6 +385,10 @@ impl Actor {
                         last_block_at: now,
                         unsolicited: 0,
                         strikes: 0,
+                        ut_metadata: None,
+                        ut_pex: None,
+                        listen_addr: outgoing.then_some(addr),
+                        pex_sent: HashSet::new(),
                     },
                 );
                 self.stats
@@ -485,8 +506,101 @@ impl Actor {
             | Message::Port(_)
             | Message::Suggest { .. }
             | Message::AllowedFast { .. }
-            | Message::Extended { .. }
             | Message::Unknown { .. } => {}
+            Message::Extended { id, payload } => self.on_extended(key, id, payload),
+        }
+    }
+
+    /// BEP 10 messages: their extended handshake, metadata requests (BEP 9), PEX (BEP 11).
+    fn on_extended(&mut self, key: PeerKey, id: u8, payload: Bytes) {
+        let private = self.meta.private;
+        let Some(slot) = self.peers.get_mut(&key) else {
+            return;
+        };
+        match id {
+            0 => {
+                let Ok(hs) = ExtendedHandshake::parse(&payload) else {
+                    return self.close_peer(key, "malformed extended handshake");
+                };
+                slot.ut_metadata = hs.extension_id("ut_metadata");
+                slot.ut_pex = hs.extension_id("ut_pex");
+                if let Some(port) = hs.p.filter(|p| *p != 0) {
+                    slot.listen_addr = Some(SocketAddr::new(slot.addr.ip(), port));
+                }
+                if let Some(reqq) = hs.reqq {
+                    slot.max_queue_depth = (reqq as usize).clamp(1, MAX_QUEUE_DEPTH);
+                    slot.queue_depth = slot.queue_depth.min(slot.max_queue_depth);
+                }
+            }
+            OUR_UT_METADATA_ID => {
+                let Ok(MetadataMessage::Request { piece }) = MetadataMessage::parse(&payload)
+                else {
+                    return;
+                };
+                let Some(their_id) = slot.ut_metadata else {
+                    return;
+                };
+                let info = &self.meta.info_bytes;
+                let start = (piece as usize).saturating_mul(METADATA_PIECE_LEN);
+                let reply = if start < info.len() {
+                    let end = (start + METADATA_PIECE_LEN).min(info.len());
+                    MetadataMessage::Data {
+                        piece,
+                        total_size: info.len() as u64,
+                        data: info.slice(start..end),
+                    }
+                } else {
+                    MetadataMessage::Reject { piece }
+                };
+                slot.send(Message::Extended {
+                    id: their_id,
+                    payload: reply.to_bytes(),
+                });
+            }
+            OUR_UT_PEX_ID if !private => {
+                if let Ok(pex) = PexMessage::parse(&payload) {
+                    debug!(added = pex.added.len(), "pex");
+                    self.book
+                        .add(pex.added, PeerSource::Pex, std::time::Instant::now());
+                    self.dial();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Every `PEX_EVERY`, tell each PEX-capable peer which peers joined and left since.
+    fn send_pex(&mut self) {
+        if self.meta.private {
+            return;
+        }
+        let listening: Vec<(PeerKey, SocketAddr)> = self
+            .peers
+            .iter()
+            .filter_map(|(k, s)| s.listen_addr.map(|a| (*k, a)))
+            .collect();
+        for (key, slot) in &mut self.peers {
+            let Some(their_id) = slot.ut_pex else {
+                continue;
+            };
+            let current: HashSet<SocketAddr> = listening
+                .iter()
+                .filter(|(k, _)| k != key)
+                .map(|(_, a)| *a)
+                .take(MAX_PEX_PEERS)
+                .collect();
+            let message = PexMessage {
+                added: current.difference(&slot.pex_sent).copied().collect(),
+                dropped: slot.pex_sent.difference(&current).copied().collect(),
+            };
+            if message.added.is_empty() && message.dropped.is_empty() {
+                continue;
+            }
+            slot.send(Message::Extended {
+                id: their_id,
+                payload: message.to_bytes().into(),
+            });
+            slot.pex_sent = current;
         }
     }
 
@@ -694,6 +808,10 @@ impl Actor {
         if now.duration_since(self.last_rechoke) >= RECHOKE_EVERY {
             self.rechoke(now);
         }
+        if now.duration_since(self.last_pex) >= PEX_EVERY {
+            self.last_pex = now;
+            self.send_pex();
+        }
         self.fill_all = true;
     }
 
@@ -775,7 +893,9 @@ impl Actor {
             slot.last_uploaded = up;
             let bytes_in_horizon = slot.download_rate as f64 * QUEUE_HORIZON.as_secs_f64();
             let depth = (bytes_in_horizon / f64::from(BLOCK_SIZE)) as usize;
-            slot.queue_depth = depth.clamp(MIN_QUEUE_DEPTH, MAX_QUEUE_DEPTH);
+            slot.queue_depth = depth
+                .clamp(MIN_QUEUE_DEPTH, MAX_QUEUE_DEPTH)
+                .min(slot.max_queue_depth);
         }
         self.stats.uploaded.fetch_max(uploaded, Ordering::Relaxed);
     }
@@ -1004,4 +1124,20 @@ fn send_request(slot: &mut PeerSlot, layout: &Layout, piece: PieceIndex, block: 
         offset: span.piece_offset,
         length: span.len_bytes,
     }));
+}
+
+/// What we tell peers in our BEP 10 handshake: we serve metadata (BEP 9), speak PEX
+/// (BEP 11) unless the torrent is private, and queue as many of their requests as the
+/// upload queue holds.
+fn our_extended_handshake(meta: &Metainfo, listen_port: u16) -> Bytes {
+    let mut hs = ExtendedHandshake::default();
+    hs.m.insert("ut_metadata".into(), i64::from(OUR_UT_METADATA_ID));
+    if !meta.private {
+        hs.m.insert("ut_pex".into(), i64::from(OUR_UT_PEX_ID));
+    }
+    hs.metadata_size = Some(meta.info_bytes.len() as u64);
+    hs.p = (listen_port != 0).then_some(listen_port);
+    hs.reqq = u32::try_from(crate::peer::MAX_QUEUED_UPLOADS).ok();
+    hs.v = Some(concat!("swarmfs/", env!("CARGO_PKG_VERSION")).into());
+    hs.to_bytes().into()
 }
