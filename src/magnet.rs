@@ -44,11 +44,7 @@ impl Magnet {
                     }
                 }
                 "dn" => display_name = Some(value),
-                "tr" if !value.is_empty() => {
-                    if !trackers.contains(&value) {
-                        trackers.push(value);
-                    }
-                }
+                "tr" if !value.is_empty() && !trackers.contains(&value) => trackers.push(value),
                 "x.pe" => {
                     if let Ok(addr) = value.parse() {
                         peers.push(addr);
