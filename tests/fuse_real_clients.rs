@@ -17,8 +17,11 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::checks::{
+    SHORT_READ_TIMEOUT, assert_all_files_match, assert_read_gives_eio, assert_root_is, stop_cleanly,
+};
 use common::clients::{Client, SeedOptions, Seeder, Tracker};
 use common::fixture::{DEAD_TRACKER, Payload, sha1_file};
 use common::harness::fuse_test;
@@ -28,11 +31,6 @@ use common::process::run_ok;
 /// Overall deadline of one test. When swarmfs works, each test takes seconds (seeder
 /// start up to ~10 s, then 24–48 MiB at tens of MiB/s); this only stops hangs.
 const TEST_LIMIT: Duration = Duration::from_secs(240);
-
-/// `--read-timeout` for tests that expect EIO, and the bound within which the EIO must
-/// arrive (a hang bound, not a speed test: the read timeout plus a loaded machine).
-const SHORT_READ_TIMEOUT: &str = "3s";
-const EIO_HANG_BOUND: Duration = Duration::from_secs(45);
 
 /// The multi-file layout used throughout: 24 MiB in 64 KiB pieces (20 files: empty,
 /// 1-byte, piece±1, odd sizes, spaces, umlauts, CJK).
@@ -49,74 +47,6 @@ fn tracked_payload(size_mb: u32, piece_kb: u32, multi: bool) -> (Tracker, Payloa
     let payload = Payload::make(size_mb, piece_kb, multi, &tracker.announce_url());
     tracker.allow(&payload.torrent);
     (tracker, payload)
-}
-
-/// Every file: present, right size, and the same SHA-1 as the payload.
-fn assert_all_files_match(mount: &MountGuard, payload: &Payload) {
-    for f in &payload.files {
-        let path = mount.path().join(&f.rel);
-        let meta = fs::metadata(&path).unwrap_or_else(|e| panic!("stat {}: {e}", f.rel.display()));
-        assert!(
-            meta.is_file(),
-            "{} is not a file in the mount",
-            f.rel.display()
-        );
-        assert_eq!(meta.len(), f.len, "size of {}", f.rel.display());
-        assert_eq!(
-            sha1_file(&path),
-            f.sha1,
-            "SHA-1 of {} read through the mount",
-            f.rel.display()
-        );
-    }
-}
-
-/// The mount's root holds exactly the torrent's name.
-fn assert_root_is(mount: &MountGuard, payload: &Payload) {
-    let names: Vec<String> = fs::read_dir(mount.path())
-        .expect("read mount root")
-        .map(|e| {
-            e.expect("dir entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    assert_eq!(
-        names,
-        vec![payload.name.clone()],
-        "entries at the mount root"
-    );
-}
-
-/// Stops the mount with SIGINT and asserts a clean exit (0, mount gone).
-fn stop_cleanly(mount: MountGuard) {
-    let status = mount.stop();
-    assert!(
-        status.success(),
-        "swarmfs exited with {status} after SIGINT"
-    );
-}
-
-/// Reads `len` bytes at `offset` of `path` and expects EIO within `EIO_HANG_BOUND`.
-fn assert_read_gives_eio(path: &Path, offset: u64, len: usize) {
-    let file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let mut buf = vec![0u8; len];
-    let started = Instant::now();
-    let result = file.read_at(&mut buf, offset);
-    let took = started.elapsed();
-    match result {
-        Err(err) if err.raw_os_error() == Some(libc::EIO) => {}
-        other => panic!(
-            "read of {} at {offset}: expected EIO, got {other:?} after {took:?}",
-            path.display()
-        ),
-    }
-    assert!(
-        took < EIO_HANG_BOUND,
-        "EIO for {} only after {took:?}",
-        path.display()
-    );
 }
 
 /// `ls -la DIR` → name → size, for regular files.

@@ -1,11 +1,13 @@
 //! Shared by every integration-test binary (`mod common;`).
 //!
 //! # Layout
+//! - `checks`: assertions on a mount (files match, EIO in bounded time, clean stop).
 //! - `harness`: `fuse_test` (FUSE check, heavy-test lock, overall deadline and watchdog).
 //! - `mount`: `MountGuard`, one `swarmfs mount` from mounted to gone.
 //! - `clients`: real trackers and seeders through the lab scripts in `tests/peers/`.
 //! - `fixture`: cached make-torrent.sh payloads, their .torrent and per-file SHA-1.
 //! - `net`: unique loopback IPs and ports per test process.
+//! - `swarm`: in-process test seeders with a `Behaviour` (honest, corrupting, silent, …).
 //! - `process`: scripts under deadlines, kill and wait by PID, the per-test registry.
 //!
 //! Every helper has a deadline; nothing waits forever.
@@ -14,9 +16,11 @@
 // A panic is how a test fails; the crate's ban on unwrap/expect is for src/.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod checks;
 pub mod clients;
 pub mod fixture;
 pub mod harness;
 pub mod mount;
 pub mod net;
 pub mod process;
+pub mod swarm;

@@ -1,0 +1,84 @@
+//! Assertions on a mounted torrent shared by the mounting test binaries: every file
+//! matches its payload, the root holds the torrent, a read fails with EIO in bounded
+//! time, and a mount stops cleanly.
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::fixture::{Payload, sha1_file};
+use super::mount::MountGuard;
+
+/// `--read-timeout` for tests that expect EIO, and the bound within which the EIO must
+/// arrive (a hang bound, not a speed test: the read timeout plus a loaded machine).
+pub const SHORT_READ_TIMEOUT: &str = "3s";
+pub const EIO_HANG_BOUND: Duration = Duration::from_secs(45);
+
+/// Every file: present, right size, and the same SHA-1 as the payload.
+pub fn assert_all_files_match(mount: &MountGuard, payload: &Payload) {
+    for f in &payload.files {
+        let path = mount.path().join(&f.rel);
+        let meta = fs::metadata(&path).unwrap_or_else(|e| panic!("stat {}: {e}", f.rel.display()));
+        assert!(
+            meta.is_file(),
+            "{} is not a file in the mount",
+            f.rel.display()
+        );
+        assert_eq!(meta.len(), f.len, "size of {}", f.rel.display());
+        assert_eq!(
+            sha1_file(&path),
+            f.sha1,
+            "SHA-1 of {} read through the mount",
+            f.rel.display()
+        );
+    }
+}
+
+/// The mount's root holds exactly the torrent's name.
+pub fn assert_root_is(mount: &MountGuard, payload: &Payload) {
+    let names: Vec<String> = fs::read_dir(mount.path())
+        .expect("read mount root")
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![payload.name.clone()],
+        "entries at the mount root"
+    );
+}
+
+/// Stops the mount with SIGINT and asserts a clean exit (0, mount gone).
+pub fn stop_cleanly(mount: MountGuard) {
+    let status = mount.stop();
+    assert!(
+        status.success(),
+        "swarmfs exited with {status} after SIGINT"
+    );
+}
+
+/// Reads `len` bytes at `offset` of `path` and expects EIO within `EIO_HANG_BOUND`.
+pub fn assert_read_gives_eio(path: &Path, offset: u64, len: usize) {
+    let file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut buf = vec![0u8; len];
+    let started = Instant::now();
+    let result = file.read_at(&mut buf, offset);
+    let took = started.elapsed();
+    match result {
+        Err(err) if err.raw_os_error() == Some(libc::EIO) => {}
+        other => panic!(
+            "read of {} at {offset}: expected EIO, got {other:?} after {took:?}",
+            path.display()
+        ),
+    }
+    assert!(
+        took < EIO_HANG_BOUND,
+        "EIO for {} only after {took:?}",
+        path.display()
+    );
+}

@@ -1,0 +1,361 @@
+//! In-process test seeders on loopback, written with swarmfs's own wire types: each serves
+//! a `Payload`'s bytes with a `Behaviour` (honest, or one of the ways a peer can be
+//! broken or hostile), on its own 127.0.0.x address and its own tokio runtime thread, so
+//! that synchronous tests can start several and point a mount at them with `--peer`.
+//!
+//! A seeder speaks plain BEP 3 (no Fast, no extension protocol): bitfield, unchoke on
+//! interest, one Piece per Request in order, Cancel honoured. Dropping a `TestSeeder`
+//! stops it: its runtime, listener and connections go with its thread.
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use swarmfs::metainfo::Metainfo;
+use swarmfs::types::{InfoHash, PeerId};
+use swarmfs::wire::{
+    BlockRequest, Handshake, Message, MessageCodec, read_handshake, write_handshake,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::fixture::Payload;
+use super::net::{free_port, next_ip};
+
+/// What a hostile peer claims as a frame length: 100 MiB, far past any codec's limit.
+pub const OVERSIZED_PREFIX: u32 = 100 * 1024 * 1024;
+
+/// A connection whose handshake never comes must not hold a seeder task forever.
+const HANDSHAKE_WAIT: Duration = Duration::from_secs(30);
+
+/// Unsolicited: pieces poisoned after each HAVE (the next ones, likely in flight), and the
+/// pause between its blocks (so they arrive while the reader's pieces are being fetched).
+const UNSOLICITED_AHEAD: u32 = 2;
+const UNSOLICITED_PAUSE: Duration = Duration::from_millis(2);
+
+/// Largest block a seeder serves (BEP 3's 16 KiB, as swarmfs requests).
+const MAX_BLOCK: u32 = 16 * 1024;
+
+/// Which pieces a `Corrupting` seeder damages.
+#[derive(Clone, Debug)]
+pub enum Pieces {
+    All,
+    Only(Vec<u32>),
+}
+
+impl Pieces {
+    fn contains(&self, piece: u32) -> bool {
+        match self {
+            Pieces::All => true,
+            Pieces::Only(list) => list.contains(&piece),
+        }
+    }
+}
+
+/// How a seeder treats the peers that connect to it.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    /// Serves every requested block with the right bytes.
+    Honest,
+    /// Serves requested blocks, but flips a byte in every block of these pieces.
+    Corrupting(Pieces),
+    /// Handshakes and sends its bitfield, then never unchokes.
+    Silent,
+    /// Sends random bytes after the handshake instead of messages.
+    Garbage,
+    /// Sends a length prefix of `OVERSIZED_PREFIX` after the handshake.
+    Oversized,
+    /// Claims no pieces; after each HAVE it receives, sends corrupted blocks of the next
+    /// `UNSOLICITED_AHEAD` pieces, which nobody asked it for.
+    Unsolicited,
+    /// Honest, but sleeps this long before each block.
+    Slow(Duration),
+    /// Honest for this many blocks per connection, then drops the connection.
+    Disconnecting { after_blocks: u64 },
+}
+
+/// One seeder: its address, its counter, and the thread that runs it until drop.
+pub struct TestSeeder {
+    addr: SocketAddr,
+    served: Arc<AtomicU64>,
+    stop: CancellationToken,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What every connection of one seeder shares.
+struct Shared {
+    behaviour: Behaviour,
+    info_hash: InfoHash,
+    peer_id: PeerId,
+    piece_len: u32,
+    /// The whole torrent, files concatenated in torrent order.
+    data: Bytes,
+    piece_count: u32,
+    served: Arc<AtomicU64>,
+}
+
+impl TestSeeder {
+    /// Starts a seeder of `payload` on a fresh 127.0.0.x:port; it accepts at once.
+    pub fn start(behaviour: Behaviour, payload: &Payload) -> TestSeeder {
+        let meta = Metainfo::from_bytes(&std::fs::read(&payload.torrent).expect("read .torrent"))
+            .expect("parse .torrent");
+        let mut data = Vec::with_capacity(usize::try_from(meta.total_length).unwrap());
+        for file in &meta.files {
+            let path = file
+                .path
+                .iter()
+                .fold(payload.data_dir.clone(), |p, c| p.join(c));
+            data.extend(std::fs::read(&path).unwrap_or_else(|e| panic!("{path:?}: {e}")));
+        }
+        assert_eq!(data.len() as u64, meta.total_length, "payload size");
+
+        let ip = next_ip();
+        let listener = StdListener::bind((ip, free_port(ip))).expect("bind test seeder");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("local addr");
+        let served = Arc::new(AtomicU64::new(0));
+        let mut peer_id = *b"-TS0001-000000000000";
+        peer_id[8..].copy_from_slice(format!("{:012}", addr.port()).as_bytes());
+        let shared = Arc::new(Shared {
+            behaviour,
+            info_hash: meta.info_hash,
+            peer_id: PeerId(peer_id),
+            piece_len: meta.piece_length,
+            piece_count: meta.piece_count(),
+            data: Bytes::from(data),
+            served: Arc::clone(&served),
+        });
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("seeder-{addr}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("seeder runtime");
+                // Leaving block_on and dropping the runtime drops every connection task.
+                runtime.block_on(accept_loop(listener, shared, token));
+            })
+            .expect("spawn seeder thread");
+        TestSeeder {
+            addr,
+            served,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `--peer IP:PORT` arguments for this seeder.
+    pub fn peer_arg(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Piece messages sent so far, over all connections (unsolicited ones included).
+    pub fn blocks_served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TestSeeder {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn accept_loop(listener: StdListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let listener = TcpListener::from_std(listener).expect("tokio listener");
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    tokio::spawn(serve_connection(stream, Arc::clone(&shared)));
+                }
+            }
+        }
+    }
+}
+
+/// One connection: handshake, then whatever the behaviour says. Errors end it quietly:
+/// a mount dropping a hostile peer is the expected outcome.
+async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
+    let Ok(Ok(theirs)) = timeout(HANDSHAKE_WAIT, read_handshake(&mut stream)).await else {
+        return;
+    };
+    if theirs.info_hash != shared.info_hash {
+        return;
+    }
+    // Reserved bits all zero: plain BEP 3, so no Reject, HaveAll or extension messages.
+    let ours = Handshake {
+        reserved: [0; 8],
+        info_hash: shared.info_hash,
+        peer_id: shared.peer_id,
+    };
+    if write_handshake(&mut stream, &ours).await.is_err() {
+        return;
+    }
+    match shared.behaviour {
+        Behaviour::Garbage => {
+            let noise: Vec<u8> = (0..64 * 1024).map(|_| rand::random::<u8>()).collect();
+            let _ = stream.write_all(&noise).await;
+            drain(stream).await;
+        }
+        Behaviour::Oversized => {
+            let mut frame = OVERSIZED_PREFIX.to_be_bytes().to_vec();
+            frame.extend_from_slice(&[7; 1024]); // a Piece id and the start of its "body"
+            let _ = stream.write_all(&frame).await;
+            drain(stream).await;
+        }
+        _ => {
+            let _ = serve_messages(stream, &shared).await;
+        }
+    }
+}
+
+/// Reads until the peer closes, so the connection ends when the mount drops it.
+async fn drain(stream: TcpStream) {
+    let mut frames = FramedRead::new(stream, MessageCodec::default());
+    while let Some(Ok(_)) = frames.next().await {}
+}
+
+/// The message loop of every behaviour that speaks the protocol.
+async fn serve_messages(stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
+    let (read_half, write_half) = stream.into_split();
+    let mut incoming = FramedRead::new(read_half, MessageCodec::default());
+    let mut outgoing = FramedWrite::new(write_half, MessageCodec::default());
+    let claims_all = !matches!(shared.behaviour, Behaviour::Unsolicited);
+    outgoing.send(&shared.bitfield(claims_all)).await?;
+
+    let delay = match shared.behaviour {
+        Behaviour::Slow(delay) => delay,
+        _ => Duration::ZERO,
+    };
+    let mut queue: VecDeque<BlockRequest> = VecDeque::new();
+    let mut next_block_at = Instant::now();
+    let mut unchoked = false;
+    let mut served_here = 0u64;
+    loop {
+        let ready = !queue.is_empty();
+        tokio::select! {
+            message = incoming.next() => {
+                let Some(message) = message else { return Ok(()) };
+                match message? {
+                    Message::Interested if !matches!(shared.behaviour, Behaviour::Silent) => {
+                        unchoked = true;
+                        outgoing.send(&Message::Unchoke).await?;
+                    }
+                    Message::Request(request) if unchoked => {
+                        if queue.is_empty() {
+                            next_block_at = Instant::now() + delay;
+                        }
+                        queue.push_back(request);
+                    }
+                    Message::Cancel(request) => queue.retain(|r| *r != request),
+                    Message::Have { piece } if matches!(shared.behaviour, Behaviour::Unsolicited) => {
+                        for ahead in 1..=UNSOLICITED_AHEAD {
+                            for block in shared.poisoned_blocks(piece.saturating_add(ahead)) {
+                                outgoing.send(&block).await?;
+                                shared.served.fetch_add(1, Ordering::Relaxed);
+                                sleep(UNSOLICITED_PAUSE).await;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            () = sleep_until(next_block_at), if ready => {
+                let Some(request) = queue.pop_front() else { continue };
+                let Some(block) = shared.block(request) else { return Ok(()) };
+                outgoing.send(&block).await?;
+                shared.served.fetch_add(1, Ordering::Relaxed);
+                served_here += 1;
+                if let Behaviour::Disconnecting { after_blocks } = shared.behaviour
+                    && served_here >= after_blocks
+                {
+                    return Ok(());
+                }
+                next_block_at = Instant::now() + delay;
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn bitfield(&self, all: bool) -> Message {
+        let mut bits = vec![0u8; (self.piece_count as usize).div_ceil(8)];
+        if all {
+            for i in 0..self.piece_count as usize {
+                bits[i / 8] |= 0x80 >> (i % 8);
+            }
+        }
+        Message::Bitfield(bits.into())
+    }
+
+    /// The Piece message answering `request` (damaged if the behaviour says so), or
+    /// `None` for a request outside the torrent or over 16 KiB.
+    fn block(&self, request: BlockRequest) -> Option<Message> {
+        let start =
+            u64::from(request.piece) * u64::from(self.piece_len) + u64::from(request.offset);
+        let end = start + u64::from(request.length);
+        let in_piece = request.offset.checked_add(request.length)? <= self.piece_len;
+        if request.piece >= self.piece_count || !in_piece || request.length > MAX_BLOCK {
+            return None;
+        }
+        let bytes = self
+            .data
+            .get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)?;
+        let corrupt =
+            matches!(&self.behaviour, Behaviour::Corrupting(p) if p.contains(request.piece));
+        Some(piece_message(request, bytes, corrupt))
+    }
+
+    /// Every block of `piece`, damaged, for the Unsolicited behaviour (none past the end).
+    fn poisoned_blocks(&self, piece: u32) -> Vec<Message> {
+        if piece >= self.piece_count {
+            return Vec::new();
+        }
+        let piece_start = u64::from(piece) * u64::from(self.piece_len);
+        let piece_len = (self.data.len() as u64 - piece_start).min(u64::from(self.piece_len));
+        (0..piece_len)
+            .step_by(MAX_BLOCK as usize)
+            .map(|offset| {
+                let length = (piece_len - offset).min(u64::from(MAX_BLOCK));
+                let start = (piece_start + offset) as usize;
+                let request = BlockRequest {
+                    piece,
+                    offset: offset as u32,
+                    length: length as u32,
+                };
+                piece_message(request, &self.data[start..start + length as usize], true)
+            })
+            .collect()
+    }
+}
+
+fn piece_message(request: BlockRequest, bytes: &[u8], corrupt: bool) -> Message {
+    let mut data = bytes.to_vec();
+    if corrupt && let Some(first) = data.first_mut() {
+        *first ^= 0xff;
+    }
+    Message::Piece {
+        piece: request.piece,
+        offset: request.offset,
+        data: data.into(),
+    }
+}

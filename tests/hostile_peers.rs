@@ -1,0 +1,316 @@
+//! Real mounts against in-process hostile seeders (`common::swarm`): whatever a peer sends
+//! (corrupted blocks, garbage, a 100 MiB frame, blocks nobody asked for, nothing at all,
+//! slowly, or half a conversation), a reader gets the torrent's exact bytes or EIO after
+//! `--read-timeout`, never wrong bytes, and the mount keeps working.
+//!
+//! Peers come only from `--peer` (the torrent announces to `DEAD_TRACKER`). Every test
+//! runs inside `harness::fuse_test` (heavy-test lock, overall deadline, nothing left
+//! behind) and asserts on correctness only; durations appear only as hang bounds.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+mod common;
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use common::checks::{
+    SHORT_READ_TIMEOUT, assert_all_files_match, assert_read_gives_eio, stop_cleanly,
+};
+use common::fixture::{DEAD_TRACKER, Payload};
+use common::harness::fuse_test;
+use common::mount::MountGuard;
+use common::swarm::{Behaviour, Pieces, TestSeeder};
+
+/// Overall deadline of one test: seconds when swarmfs works (in-process seeders start at
+/// once); reads that wait out a slow peer's 15 s request timeout more than once fit too.
+const TEST_LIMIT: Duration = Duration::from_secs(240);
+
+/// The multi-file payload (20 files, empty, tiny and piece±1 sizes) in 64 KiB pieces:
+/// the same as `fuse_real_clients`, so the cached copy is shared.
+const MULTI_MB: u32 = 24;
+const MULTI_PIECE_KB: u32 = 64;
+
+/// A single file of 8 MiB in 64 KiB pieces (128 pieces), for reads at piece offsets.
+const SINGLE_MB: u32 = 8;
+const SINGLE_PIECE_KB: u32 = 64;
+const PIECE_BYTES: u64 = SINGLE_PIECE_KB as u64 * 1024;
+
+/// Pieces a partly corrupting seeder damages: the last 16 of 128, well past the 1 MiB
+/// (16-piece) read-ahead of a fresh open anywhere below piece 96.
+const CORRUPT_FROM: u32 = 112;
+/// Good pieces read through fresh opens; none comes within read-ahead of `CORRUPT_FROM`.
+const GOOD_PIECES: [u32; 4] = [0, 20, 50, 80];
+
+fn multi_payload() -> Payload {
+    Payload::make(MULTI_MB, MULTI_PIECE_KB, true, DEAD_TRACKER)
+}
+
+fn single_payload() -> Payload {
+    Payload::make(SINGLE_MB, SINGLE_PIECE_KB, false, DEAD_TRACKER)
+}
+
+/// Mounts `payload` with one `--peer` per seeder, plus `extra` arguments.
+fn mount_with(payload: &Payload, seeders: &[&TestSeeder], extra: &[&str]) -> MountGuard {
+    let peers: Vec<String> = seeders.iter().map(|s| s.peer_arg()).collect();
+    let mut args: Vec<&str> = Vec::new();
+    for peer in &peers {
+        args.extend(["--peer", peer.as_str()]);
+    }
+    args.extend(extra);
+    MountGuard::mount(&payload.torrent, &args)
+}
+
+/// Lines of the mount's log that contain every one of `needles`.
+fn log_lines_with(mount: &MountGuard, needles: &[&str]) -> Vec<String> {
+    mount
+        .log()
+        .lines()
+        .filter(|line| needles.iter().all(|n| line.contains(n)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The log says the mount dropped the peer at `seeder`'s address (for any reason).
+fn assert_peer_dropped(mount: &MountGuard, seeder: &TestSeeder, what: &str) {
+    let addr = seeder.addr().to_string();
+    let dropped = !log_lines_with(mount, &["peer disconnected", &addr]).is_empty()
+        || !log_lines_with(mount, &["dropping peer", &addr]).is_empty();
+    assert!(
+        dropped,
+        "the log never says the {what} peer at {addr} was dropped"
+    );
+}
+
+/// The log never says the mount dropped the honest peer on purpose.
+fn assert_honest_kept(mount: &MountGuard, honest: &TestSeeder) {
+    let dropped = log_lines_with(mount, &["dropping peer", &honest.addr().to_string()]);
+    assert!(
+        dropped.is_empty(),
+        "the honest peer was dropped: {dropped:?}"
+    );
+}
+
+/// Reads `len` bytes at `offset` of the single-file payload through a fresh open (so
+/// read-ahead starts from its floor) and compares them with the payload.
+fn assert_range_matches(mount: &MountGuard, payload: &Payload, offset: u64, len: usize) {
+    let file = payload.file("");
+    let f = File::open(mount.path().join(&file.rel)).expect("open through the mount");
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset)
+        .unwrap_or_else(|e| panic!("read {len} bytes at {offset}: {e}"));
+    assert!(
+        buf == payload.read_range(file, offset, len),
+        "bytes at {offset}..+{len} differ from the payload"
+    );
+}
+
+/// 1. A peer that corrupts every piece it serves, beside an honest one: every file reads
+///    back exactly, and the log shows the hash failures that caught the corruption.
+#[test]
+fn corrupting_and_honest_seeders_read_correctly() {
+    fuse_test(
+        "corrupting_and_honest_seeders_read_correctly",
+        TEST_LIMIT,
+        || {
+            let payload = multi_payload();
+            let corrupt = TestSeeder::start(Behaviour::Corrupting(Pieces::All), &payload);
+            let honest = TestSeeder::start(Behaviour::Honest, &payload);
+            let mount = mount_with(&payload, &[&corrupt, &honest], &[]);
+            assert_all_files_match(&mount, &payload);
+            assert!(
+                corrupt.blocks_served() > 0,
+                "the corrupting seeder was never asked for a block, so nothing was tested"
+            );
+            let failures = log_lines_with(&mount, &["failed its SHA-1 check"]);
+            assert!(
+                !failures.is_empty(),
+                "{} corrupted blocks served but the log shows no hash failure",
+                corrupt.blocks_served()
+            );
+            assert_peer_dropped(&mount, &corrupt, "corrupting");
+            assert_honest_kept(&mount, &honest);
+            stop_cleanly(mount);
+        },
+    );
+}
+
+/// 2. Only a peer that corrupts some pieces: the good pieces read correctly, a read of a
+///    corrupted piece gets EIO after the read timeout (never wrong bytes), and the mount
+///    still answers afterwards.
+#[test]
+fn corrupted_pieces_give_eio_and_good_ones_read() {
+    fuse_test(
+        "corrupted_pieces_give_eio_and_good_ones_read",
+        TEST_LIMIT,
+        || {
+            let payload = single_payload();
+            let corrupted = (CORRUPT_FROM..(SINGLE_MB * 1024 / SINGLE_PIECE_KB)).collect();
+            let seeder =
+                TestSeeder::start(Behaviour::Corrupting(Pieces::Only(corrupted)), &payload);
+            let mount = mount_with(
+                &payload,
+                &[&seeder],
+                &["--read-timeout", SHORT_READ_TIMEOUT],
+            );
+            for piece in GOOD_PIECES {
+                assert_range_matches(&mount, &payload, u64::from(piece) * PIECE_BYTES, 4096);
+            }
+
+            let path = mount.path().join(&payload.file("").rel);
+            let bad_offset = u64::from(CORRUPT_FROM) * PIECE_BYTES + 100;
+            assert_read_gives_eio(&path, bad_offset, 4096);
+            assert!(
+                !log_lines_with(&mount, &["failed its SHA-1 check"]).is_empty(),
+                "EIO for a corrupted piece, but the log shows no hash failure"
+            );
+
+            // Still mounted and answering: stat, and the good pieces again (from cache).
+            assert!(mount.is_mounted(), "the mount went away after the EIO");
+            assert_eq!(
+                fs::metadata(&path).expect("stat").len(),
+                payload.file("").len
+            );
+            for piece in GOOD_PIECES {
+                assert_range_matches(&mount, &payload, u64::from(piece) * PIECE_BYTES, 4096);
+            }
+            stop_cleanly(mount);
+        },
+    );
+}
+
+/// 3a. Peers that send garbage or announce a 100 MiB frame are dropped, and the honest
+///     peer beside them serves every file exactly.
+#[test]
+fn garbage_and_oversized_peers_do_not_harm_the_honest_one() {
+    fuse_test(
+        "garbage_and_oversized_peers_do_not_harm_the_honest_one",
+        TEST_LIMIT,
+        || {
+            let payload = multi_payload();
+            let garbage = TestSeeder::start(Behaviour::Garbage, &payload);
+            let oversized = TestSeeder::start(Behaviour::Oversized, &payload);
+            let honest = TestSeeder::start(Behaviour::Honest, &payload);
+            let mount = mount_with(&payload, &[&garbage, &oversized, &honest], &[]);
+            assert_all_files_match(&mount, &payload);
+            assert_peer_dropped(&mount, &garbage, "garbage");
+            assert_peer_dropped(&mount, &oversized, "oversized");
+            assert_honest_kept(&mount, &honest);
+            stop_cleanly(mount);
+        },
+    );
+}
+
+/// 3b. A peer that sends corrupted blocks nobody asked it for, aimed at the pieces being
+///     fetched, must not spoil them nor get the honest peer beside it banned.
+#[test]
+#[ignore = "engine bug: unasked-for blocks are stored in partial pieces and the honest \
+            peer shares the hash-failure strikes, so it is banned within 0.2 s"]
+fn unsolicited_blocks_do_not_harm_the_honest_peer() {
+    fuse_test(
+        "unsolicited_blocks_do_not_harm_the_honest_peer",
+        TEST_LIMIT,
+        || {
+            let payload = multi_payload();
+            let unsolicited = TestSeeder::start(Behaviour::Unsolicited, &payload);
+            let honest = TestSeeder::start(Behaviour::Honest, &payload);
+            // Short enough that a failure (three FUSE reads timing out) fits the deadline.
+            let mount = mount_with(
+                &payload,
+                &[&unsolicited, &honest],
+                &["--read-timeout", "20s"],
+            );
+            assert_all_files_match(&mount, &payload);
+            assert!(
+                unsolicited.blocks_served() > 0,
+                "the unsolicited seeder never sent a block, so nothing was tested"
+            );
+            assert_honest_kept(&mount, &honest);
+            stop_cleanly(mount);
+        },
+    );
+}
+
+/// 4a. A peer that has everything but never unchokes: EIO after the read timeout, with a
+///     log line that says why.
+#[test]
+fn silent_seeder_alone_gives_eio_saying_choked() {
+    fuse_test(
+        "silent_seeder_alone_gives_eio_saying_choked",
+        TEST_LIMIT,
+        || {
+            let payload = single_payload();
+            let silent = TestSeeder::start(Behaviour::Silent, &payload);
+            let mount = mount_with(
+                &payload,
+                &[&silent],
+                &["--read-timeout", SHORT_READ_TIMEOUT],
+            );
+            let path = mount.path().join(&payload.file("").rel);
+            assert_read_gives_eio(&path, 0, 4096);
+            let explained = log_lines_with(&mount, &["read failed", "all are choking us"]);
+            assert!(
+                !explained.is_empty(),
+                "no read failure in the log says the peers are choking us"
+            );
+            assert_eq!(silent.blocks_served(), 0, "a silent seeder served blocks");
+            stop_cleanly(mount);
+        },
+    );
+}
+
+/// 4b. A silent peer beside an honest one costs nothing: every byte reads back.
+#[test]
+fn silent_and_honest_seeders_read_correctly() {
+    fuse_test(
+        "silent_and_honest_seeders_read_correctly",
+        TEST_LIMIT,
+        || {
+            let payload = multi_payload();
+            let silent = TestSeeder::start(Behaviour::Silent, &payload);
+            let honest = TestSeeder::start(Behaviour::Honest, &payload);
+            let mount = mount_with(&payload, &[&silent, &honest], &[]);
+            assert_all_files_match(&mount, &payload);
+            assert!(
+                honest.blocks_served() > 0,
+                "the honest seeder served nothing"
+            );
+            stop_cleanly(mount);
+        },
+    );
+}
+
+/// 5a. A peer that sleeps a second before each block, beside an honest one: requests
+///     stuck at the slow peer go to the honest one (timeout, endgame), every byte reads.
+#[test]
+fn slow_and_honest_seeders_read_correctly() {
+    fuse_test("slow_and_honest_seeders_read_correctly", TEST_LIMIT, || {
+        let payload = multi_payload();
+        let slow = TestSeeder::start(Behaviour::Slow(Duration::from_secs(1)), &payload);
+        let honest = TestSeeder::start(Behaviour::Honest, &payload);
+        let mount = mount_with(&payload, &[&slow, &honest], &[]);
+        assert_all_files_match(&mount, &payload);
+        stop_cleanly(mount);
+    });
+}
+
+/// 5b. A peer that hangs up after every 5 blocks, beside an honest one: every byte reads.
+#[test]
+fn disconnecting_and_honest_seeders_read_correctly() {
+    fuse_test(
+        "disconnecting_and_honest_seeders_read_correctly",
+        TEST_LIMIT,
+        || {
+            let payload = multi_payload();
+            let flaky = TestSeeder::start(Behaviour::Disconnecting { after_blocks: 5 }, &payload);
+            let honest = TestSeeder::start(Behaviour::Honest, &payload);
+            let mount = mount_with(&payload, &[&flaky, &honest], &[]);
+            assert_all_files_match(&mount, &payload);
+            assert!(
+                flaky.blocks_served() > 0,
+                "the disconnecting seeder served nothing, so nothing was tested"
+            );
+            stop_cleanly(mount);
+        },
+    );
+}
