@@ -142,6 +142,7 @@ impl TorrentFs {
             return Err(FsError::ReadOnly);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.hint_head_and_tail(file_index);
         let window = ReadWindow::new(
             self.policy.readahead_floor_bytes,
             self.policy.readahead_ceiling_bytes,
@@ -155,6 +156,21 @@ impl TorrentFs {
             },
         );
         Ok(fh)
+    }
+
+    /// At open, players and archive tools read a file's start (headers) and its end (MP4
+    /// `moov`, ZIP central directory, Matroska cues): fetch those pieces early.
+    fn hint_head_and_tail(&self, file_index: usize) {
+        let layout = &self.torrent.layout;
+        let Some(range) = layout.file_range(file_index) else {
+            return;
+        };
+        if range.is_empty() {
+            return;
+        }
+        let head = layout.pieces_for_range(range.start..range.start + 1);
+        let tail = layout.pieces_for_range(range.end - 1..range.end);
+        self.torrent.hint_nowait(head.chain(tail).collect());
     }
 
     /// Reads up to `size` bytes at `offset`; fewer at EOF, none past it.
@@ -171,7 +187,10 @@ impl TorrentFs {
             if range.is_empty() {
                 return Ok(Bytes::new());
             }
-            let ahead = handle.window.on_read(offset, u64::from(size), file_len);
+            let ahead =
+                handle
+                    .window
+                    .on_read(offset, u64::from(size), file_len, std::time::Instant::now());
             let ahead_torrent =
                 layout.file_read_range(handle.file_index, ahead.start, ahead.end - ahead.start);
             let pieces: Vec<_> = layout.pieces_for_range(ahead_torrent).collect();

@@ -66,6 +66,10 @@ const MAX_HALF_OPEN: usize = 16;
 /// Blocks a peer may send unasked (late duplicates after a cancel are normal) before we
 /// call it hostile.
 const MAX_UNSOLICITED_BLOCKS: u32 = 256;
+/// Hinted pieces kept at once: a few per recently opened file.
+const MAX_HINTS: usize = 256;
+/// Cancelled requests remembered per peer (to excuse blocks that crossed the cancel).
+const MAX_REMEMBERED_CANCELS: usize = 4096;
 /// Accepted connections beyond `max_peers`, so peers that dial us are not all refused
 /// when we are full of our own dials.
 const INCOMING_EXTRA: usize = 10;
@@ -102,6 +106,9 @@ struct PeerSlot {
     last_uploaded: u64,
     last_block_at: Instant,
     unsolicited: u32,
+    /// Requests we cancelled: a block for one of them may still come (it crossed our
+    /// cancel on the wire) and is not held against the peer.
+    cancelled: HashSet<(PieceIndex, u32)>,
     strikes: u32,
     /// Their message ids for the extensions we use (from their extended handshake).
     ut_metadata: Option<u8>,
@@ -115,6 +122,23 @@ struct PeerSlot {
 impl PeerSlot {
     fn send(&self, message: Message) {
         let _ = self.commands.send(PeerCommand::Send(message));
+    }
+
+    /// Withdraws our request for `block` of `piece` (if it is outstanding) with a Cancel.
+    fn cancel_request(&mut self, layout: &Layout, piece: PieceIndex, block: u32) {
+        if !self.inflight.remove(&(piece, block)) {
+            return;
+        }
+        if self.cancelled.len() >= MAX_REMEMBERED_CANCELS {
+            self.cancelled.clear();
+        }
+        self.cancelled.insert((piece, block));
+        let span = layout.block(piece, block);
+        self.send(Message::Cancel(BlockRequest {
+            piece: piece.get(),
+            offset: span.piece_offset,
+            length: span.len_bytes,
+        }));
     }
 
     fn has(&self, piece: PieceIndex) -> bool {
@@ -151,6 +175,8 @@ struct Actor {
     demand_order: HashMap<PieceIndex, u64>,
     next_demand: u64,
     readahead: HashMap<u64, Vec<PieceIndex>>,
+    /// Pieces worth fetching when nothing more urgent is (oldest first, bounded).
+    hints: Vec<PieceIndex>,
     wanted: Vec<(PieceIndex, Urgency)>,
     wanted_dirty: bool,
 
@@ -218,6 +244,7 @@ pub fn spawn_torrent(
         demand_order: HashMap::new(),
         next_demand: 0,
         readahead: HashMap::new(),
+        hints: Vec::new(),
         wanted: Vec::new(),
         wanted_dirty: false,
         fill_all: false,
@@ -284,12 +311,26 @@ impl Actor {
         match command {
             Command::Want { piece, reply } => self.want(piece, reply),
             Command::SetReadahead { reader, pieces } => {
-                self.readahead.insert(reader, pieces);
+                let old = self.readahead.insert(reader, pieces).unwrap_or_default();
+                self.cancel_unwanted(old);
+                self.wanted_dirty = true;
+                self.fill_all = true;
+            }
+            Command::Hint { pieces } => {
+                for piece in pieces {
+                    if !self.held(piece) && !self.hints.contains(&piece) {
+                        if self.hints.len() >= MAX_HINTS {
+                            self.hints.remove(0);
+                        }
+                        self.hints.push(piece);
+                    }
+                }
                 self.wanted_dirty = true;
                 self.fill_all = true;
             }
             Command::CloseReader { reader } => {
-                self.readahead.remove(&reader);
+                let old = self.readahead.remove(&reader).unwrap_or_default();
+                self.cancel_unwanted(old);
                 self.wanted_dirty = true;
             }
             Command::AddPeers { addrs, source } => {
@@ -384,6 +425,7 @@ impl Actor {
                         last_uploaded: 0,
                         last_block_at: now,
                         unsolicited: 0,
+                        cancelled: HashSet::new(),
                         strikes: 0,
                         ut_metadata: None,
                         ut_pex: None,
@@ -511,6 +553,29 @@ impl Actor {
         }
     }
 
+    /// Cancels the outstanding requests of pieces in `dropped` that no read waits for and no
+    /// reader reads ahead any more (a seek moved the window), so peers' queues are free
+    /// for what is wanted now. Blocks already received stay in their partial piece.
+    fn cancel_unwanted(&mut self, dropped: Vec<PieceIndex>) {
+        for piece in dropped {
+            if self.waiters.contains_key(&piece)
+                || self.readahead.values().any(|list| list.contains(&piece))
+            {
+                continue;
+            }
+            let Some(partial) = self.partial.get_mut(&piece) else {
+                continue;
+            };
+            for (block, peers) in partial.take_requests() {
+                for key in peers {
+                    if let Some(slot) = self.peers.get_mut(&key) {
+                        slot.cancel_request(&self.layout, piece, block);
+                    }
+                }
+            }
+        }
+    }
+
     /// BEP 10 messages: their extended handshake, metadata requests (BEP 9), PEX (BEP 11).
     fn on_extended(&mut self, key: PeerKey, id: u8, payload: Bytes) {
         let private = self.meta.private;
@@ -619,7 +684,7 @@ impl Actor {
         };
         let requested = slot.inflight.remove(&(p, block));
         slot.last_block_at = now;
-        if !requested {
+        if !requested && !slot.cancelled.remove(&(p, block)) {
             slot.unsolicited += 1;
             if slot.unsolicited > MAX_UNSOLICITED_BLOCKS {
                 return self.close_peer(key, "too many blocks we did not ask for");
@@ -635,16 +700,9 @@ impl Actor {
         self.stats
             .downloaded
             .fetch_add(u64::from(len), Ordering::Relaxed);
-        let span = self.layout.block(p, block);
         for other in others {
-            if let Some(o) = self.peers.get_mut(&other)
-                && o.inflight.remove(&(p, block))
-            {
-                o.send(Message::Cancel(BlockRequest {
-                    piece,
-                    offset: span.piece_offset,
-                    length: span.len_bytes,
-                }));
+            if let Some(o) = self.peers.get_mut(&other) {
+                o.cancel_request(&self.layout, p, block);
                 self.fill_peers.insert(other);
             }
         }
@@ -697,6 +755,7 @@ impl Actor {
                     }
                 }
                 self.demand_order.remove(&piece);
+                self.hints.retain(|p| *p != piece);
                 for waiter in self.waiters.remove(&piece).unwrap_or_default() {
                     let _ = waiter.send(bytes.clone());
                 }
@@ -971,6 +1030,13 @@ impl Actor {
                 {
                     wanted.push((*piece, Urgency::Readahead));
                 }
+            }
+        }
+        // Hints (what a reader will likely want, e.g. a file's tail at open) come last,
+        // sharing read-ahead's budget.
+        for piece in &self.hints {
+            if !self.held(*piece) && seen.insert(*piece) {
+                wanted.push((*piece, Urgency::Readahead));
             }
         }
         self.wanted = wanted;

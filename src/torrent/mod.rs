@@ -98,6 +98,8 @@ pub(crate) enum Command {
         reader: u64,
         pieces: Vec<PieceIndex>,
     },
+    /// Fetch these when nothing more urgent is wanted (never cancelled by a seek).
+    Hint { pieces: Vec<PieceIndex> },
     /// Reader `reader` is gone.
     CloseReader { reader: u64 },
     /// New addresses from a peer source.
@@ -220,6 +222,12 @@ impl TorrentHandle {
             out.extend_from_slice(&bytes[start..end]);
         }
         Ok(out.freeze())
+    }
+
+    /// Hints pieces a reader will likely want soon, without waiting (callable from a FUSE
+    /// thread): dropped if the actor's queue is full, as a hint may be.
+    pub fn hint_nowait(&self, pieces: Vec<PieceIndex>) {
+        let _ = self.commands.try_send(Command::Hint { pieces });
     }
 
     /// Sets the read-ahead of one reader (an open file handle).

@@ -106,6 +106,20 @@ impl PartialPiece {
         }
     }
 
+    /// Withdraws every outstanding request (the piece is no longer wanted): returns each
+    /// requested block with the peers it was asked of, and marks those blocks open.
+    pub fn take_requests(&mut self) -> Vec<(u32, Vec<PeerKey>)> {
+        let mut taken = Vec::new();
+        for (index, state) in self.blocks.iter_mut().enumerate() {
+            if let BlockState::Requested { peers, .. } = state {
+                taken.push((index as u32, std::mem::take(peers)));
+                *state = BlockState::Open;
+                self.open += 1;
+            }
+        }
+        taken
+    }
+
     /// Stores a received block; returns the other peers that were also asked for it (to
     /// cancel), or `None` when the block was already done (a late duplicate).
     pub fn receive(
