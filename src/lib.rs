@@ -18,14 +18,19 @@
 //! ```
 //!
 //! Entry and configuration: `main.rs`, [`cli`], [`config`], [`daemon`], [`logging`].
-//! Pure domain (no tokio): [`types`], [`metainfo`], [`layout`], [`wire`], [`verify`],
-//! [`cache`], [`swarm`]. Network engine: [`tracker`], [`peer`], [`torrent`], [`engine`],
-//! [`store`]. Filesystem: [`fs`], [`fuse`], [`mount`]. Cross-cutting: [`task`].
+//! Pure domain (no tokio): [`types`], [`metainfo`], [`magnet`], [`layout`], [`wire`],
+//! [`verify`], [`cache`], [`swarm`], [`ratelimit`]. Network engine: [`tracker`] (HTTP and
+//! UDP announces), [`metadata`] (BEP 9 fetch for magnets), [`peer`] (one task per
+//! connection), [`torrent`] (the actor that owns piece state, plus choking), [`store`]
+//! (what we upload from: cache or disk), [`engine`] (listener, trackers, actor, one
+//! shutdown token). Filesystem: [`fs`] (FUSE-agnostic operations), [`fuse`] (the thin
+//! adapter), [`mount`]. Cross-cutting: [`task`].
 
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dht;
 pub mod engine;
 pub mod fs;
 pub mod fuse;
