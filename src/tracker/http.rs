@@ -7,14 +7,17 @@
 //! a bad length becomes [`TrackerError::Malformed`], never a panic.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
 use serde_bencode::value::Value;
 use tracing::debug;
 
-use super::{AnnounceRequest, AnnounceResponse, TrackerClient, TrackerError};
+use super::{
+    AnnounceRequest, AnnounceResponse, TrackerClient, TrackerError, compact_v4_peers,
+    compact_v6_peers, nonzero_port,
+};
 
 /// Bytes left as they are in query values: RFC 3986 unreserved characters. Everything else,
 /// including every byte of a binary info hash outside that set, becomes `%XX`.
@@ -33,12 +36,6 @@ const MAX_REPLY_BYTES: usize = 1024 * 1024;
 /// list → peer); serde_bencode recurses once per level with no limit of its own, so a body of
 /// a million `l`s would overflow the stack.
 const MAX_NESTING: usize = 16;
-
-/// Bytes per compact IPv4 peer: address then port, both big-endian.
-const COMPACT_V4_LEN: usize = 6;
-
-/// Bytes per compact IPv6 peer in `peers6`: address then port, both big-endian.
-const COMPACT_V6_LEN: usize = 18;
 
 /// Announces `req` to the HTTP(S) tracker at `url`.
 pub(super) async fn announce(
@@ -210,42 +207,6 @@ fn optional_string(url: &str, dict: &HashMap<Vec<u8>, Value>, key: &str) -> Opti
     }
 }
 
-/// Compact IPv4 peers, or `None` if the length is not a multiple of 6. Port 0 is dropped.
-fn compact_v4_peers(compact: &[u8]) -> Option<Vec<SocketAddr>> {
-    if !compact.len().is_multiple_of(COMPACT_V4_LEN) {
-        return None;
-    }
-    let peers = compact
-        .chunks_exact(COMPACT_V4_LEN)
-        .filter_map(|chunk| match *chunk {
-            [a, b, c, d, port_hi, port_lo] => {
-                let ip = IpAddr::V4(Ipv4Addr::new(a, b, c, d));
-                nonzero_port(ip, u16::from_be_bytes([port_hi, port_lo]))
-            }
-            _ => None,
-        })
-        .collect();
-    Some(peers)
-}
-
-/// Compact IPv6 peers, or `None` if the length is not a multiple of 18. Port 0 is dropped.
-fn compact_v6_peers(compact: &[u8]) -> Option<Vec<SocketAddr>> {
-    if !compact.len().is_multiple_of(COMPACT_V6_LEN) {
-        return None;
-    }
-    let peers = compact
-        .chunks_exact(COMPACT_V6_LEN)
-        .filter_map(|chunk| match chunk.split_first_chunk::<16>()? {
-            (ip, &[port_hi, port_lo]) => {
-                let ip = IpAddr::V6(Ipv6Addr::from(*ip));
-                nonzero_port(ip, u16::from_be_bytes([port_hi, port_lo]))
-            }
-            _ => None,
-        })
-        .collect();
-    Some(peers)
-}
-
 /// Dictionary-form peers (`ip` string, `port` integer). A bad entry is skipped, not fatal:
 /// one odd peer should not cost us the rest. Host names are skipped too; we do not resolve.
 fn dict_peers(url: &str, entries: &[Value]) -> Vec<SocketAddr> {
@@ -273,10 +234,6 @@ fn dict_peer(entry: &Value) -> Option<SocketAddr> {
     };
     let ip: IpAddr = std::str::from_utf8(ip).ok()?.parse().ok()?;
     nonzero_port(ip, u16::try_from(*port).ok()?)
-}
-
-fn nonzero_port(ip: IpAddr, port: u16) -> Option<SocketAddr> {
-    (port != 0).then_some(SocketAddr::new(ip, port))
 }
 
 /// Whether `body` nests lists and dictionaries at most `max` deep. Scans tokens without
@@ -579,7 +536,7 @@ mod tests {
     #[tokio::test]
     async fn announce_binds_the_local_address() -> Result<(), TrackerError> {
         let mut tracker = TestTracker::start(Reply::Ok(compact_reply(&[]))).await;
-        let local: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        let local: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
         let client = TrackerClient::new(Some(local))?;
         dispatch_announce(&client, &tracker.url(), &request(AnnounceEvent::Started)).await?;
         assert_eq!(tracker.next_request().await.from.ip(), local);

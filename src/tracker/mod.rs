@@ -3,28 +3,32 @@
 //! Owns the announce request and response, the one `TrackerError`, the shared
 //! [`TrackerClient`], the scheme dispatch in [`announce`], and the per-torrent announce loop
 //! over BEP 12 tiers ([`AnnounceLoop`]). Knows nothing of pieces: the torrent hands in byte
-//! counts and takes peer addresses out. Uses `types`, reqwest and serde_bencode.
+//! counts and takes peer addresses out. Uses `types`, reqwest, serde_bencode and tokio's UDP.
 //!
 //! # Layout
 //!
 //! - `mod.rs`: the request, response and error types, [`TrackerClient`] and [`announce`].
 //! - `http.rs`: HTTP(S) trackers (BEP 3, BEP 23 compact peers, BEP 7 `peers6`).
+//! - `udp.rs`: UDP trackers (BEP 15): connect, announce, retransmission, connection ids.
 //! - `announce_loop.rs`: tiers, fail-over, intervals and backoff for one torrent.
 //!
-//! A later `udp.rs` (BEP 15) plugs into the same dispatch in [`announce`].
-//!
-//! Invariant: nothing a tracker sends can panic. Replies are size-capped, depth-checked and
-//! walked as untyped bencode with every field checked for type and range.
+//! Invariant: nothing a tracker sends can panic. HTTP replies are size-capped, depth-checked
+//! and walked as untyped bencode with every field checked for type and range; UDP datagrams
+//! are read with checked slicing only, and ones that are not ours are ignored.
 
 mod announce_loop;
 mod http;
 #[cfg(test)]
 mod test_server;
+mod udp;
+#[cfg(test)]
+mod udp_test_server;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 pub use announce_loop::{AnnounceConfig, AnnounceLoop, TransferStats, run_announce_loop};
+pub use udp::UdpConfig;
 
 use crate::types::{InfoHash, PeerId};
 
@@ -120,16 +124,34 @@ pub enum TrackerError {
     UnsupportedScheme { url: String },
     #[error("tracker {url} did not answer within the announce timeout")]
     Timeout { url: String },
+    #[error("tracker URL {url} is not usable: {what}")]
+    BadUrl { url: String, what: String },
+    #[error("could not resolve the host of tracker {url}")]
+    Resolve {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("UDP announce to {url} failed")]
+    Udp {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What every announce of this process shares: the HTTP connection pool, the address we
-/// announce from, and the `key` that lets a tracker recognise us if our IP changes.
-/// Cheap to clone (the pool is reference-counted).
+/// announce from, the `key` that lets a tracker recognise us if our IP changes, and the UDP
+/// trackers' connection ids. Cheap to clone; clones share the pool and the connection ids.
 #[derive(Clone, Debug)]
 pub struct TrackerClient {
     http: reqwest::Client,
     /// Random per client (BEP 7 `key`); fixed for the session so the tracker can match us up.
     key: u32,
+    /// The address UDP sockets bind to (reqwest binds the HTTP ones itself).
+    local_addr: Option<IpAddr>,
+    udp: UdpConfig,
+    udp_sessions: udp::SessionCache,
 }
 
 impl TrackerClient {
@@ -139,7 +161,8 @@ impl TrackerClient {
         Self::with_timeout(local_addr, ANNOUNCE_TIMEOUT)
     }
 
-    /// As [`TrackerClient::new`], with `timeout` for each announce instead of the default.
+    /// As [`TrackerClient::new`], with `timeout` for each HTTP announce instead of the
+    /// default. UDP announces follow [`UdpConfig`] (see [`TrackerClient::with_udp_config`]).
     pub fn with_timeout(
         local_addr: Option<IpAddr>,
         timeout: Duration,
@@ -153,12 +176,22 @@ impl TrackerClient {
         Ok(TrackerClient {
             http,
             key: rand::random(),
+            local_addr,
+            udp: UdpConfig::default(),
+            udp_sessions: udp::SessionCache::default(),
         })
+    }
+
+    /// This client with `config` for UDP trackers instead of [`UdpConfig::default`].
+    #[must_use]
+    pub fn with_udp_config(mut self, config: UdpConfig) -> Self {
+        self.udp = config;
+        self
     }
 }
 
-/// One announce to one tracker URL, dispatched on its scheme: `http` and `https` are spoken
-/// here; anything else, `udp` included for now, is [`TrackerError::UnsupportedScheme`].
+/// One announce to one tracker URL, dispatched on its scheme: `http`, `https` and `udp` are
+/// spoken; anything else is [`TrackerError::UnsupportedScheme`].
 pub async fn announce(
     client: &TrackerClient,
     url: &str,
@@ -169,10 +202,57 @@ pub async fn announce(
         Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {
             http::announce(client, url, req).await
         }
+        Some(s) if s.eq_ignore_ascii_case("udp") => udp::announce(client, url, req).await,
         _ => Err(TrackerError::UnsupportedScheme {
             url: url.to_owned(),
         }),
     }
+}
+
+/// Bytes per compact IPv4 peer: address then port, both big-endian (BEP 23, BEP 15).
+const COMPACT_V4_LEN: usize = 6;
+
+/// Bytes per compact IPv6 peer: address then port, both big-endian (BEP 7, BEP 15).
+const COMPACT_V6_LEN: usize = 18;
+
+/// Compact IPv4 peers, or `None` if the length is not a multiple of 6. Port 0 is dropped.
+fn compact_v4_peers(compact: &[u8]) -> Option<Vec<SocketAddr>> {
+    if !compact.len().is_multiple_of(COMPACT_V4_LEN) {
+        return None;
+    }
+    let peers = compact
+        .chunks_exact(COMPACT_V4_LEN)
+        .filter_map(|chunk| match *chunk {
+            [a, b, c, d, port_hi, port_lo] => {
+                let ip = IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+                nonzero_port(ip, u16::from_be_bytes([port_hi, port_lo]))
+            }
+            _ => None,
+        })
+        .collect();
+    Some(peers)
+}
+
+/// Compact IPv6 peers, or `None` if the length is not a multiple of 18. Port 0 is dropped.
+fn compact_v6_peers(compact: &[u8]) -> Option<Vec<SocketAddr>> {
+    if !compact.len().is_multiple_of(COMPACT_V6_LEN) {
+        return None;
+    }
+    let peers = compact
+        .chunks_exact(COMPACT_V6_LEN)
+        .filter_map(|chunk| match chunk.split_first_chunk::<16>()? {
+            (ip, &[port_hi, port_lo]) => {
+                let ip = IpAddr::V6(Ipv6Addr::from(*ip));
+                nonzero_port(ip, u16::from_be_bytes([port_hi, port_lo]))
+            }
+            _ => None,
+        })
+        .collect();
+    Some(peers)
+}
+
+fn nonzero_port(ip: IpAddr, port: u16) -> Option<SocketAddr> {
+    (port != 0).then_some(SocketAddr::new(ip, port))
 }
 
 /// An error and all its sources, `: `-separated, for one log line.
@@ -206,13 +286,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn udp_and_unknown_schemes_are_unsupported() -> Result<(), TrackerError> {
+    async fn unknown_schemes_are_unsupported() -> Result<(), TrackerError> {
         let client = TrackerClient::new(None)?;
-        for url in [
-            "udp://tracker.example:6969/announce",
-            "ftp://x/",
-            "no-scheme",
-        ] {
+        for url in ["ftp://x/", "udpx://tracker.example:6969", "no-scheme"] {
             let result = announce(&client, url, &request(AnnounceEvent::Started)).await;
             assert!(
                 matches!(result, Err(TrackerError::UnsupportedScheme { url: ref u }) if u == url),
