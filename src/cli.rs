@@ -45,6 +45,31 @@ pub struct PeerArgs {
     /// Peers we upload to at once (plus one optimistic unchoke).
     #[arg(long, default_value_t = 4)]
     pub upload_slots: usize,
+    /// Join the DHT through this node (HOST:PORT); repeatable. Default: the public routers
+    /// router.bittorrent.com:6881, dht.transmissionbt.com:6881, dht.libtorrent.org:25401
+    /// and router.utorrent.com:6881.
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT", value_parser = parse_host_port)]
+    pub dht_bootstrap: Vec<String>,
+    /// Do not use the DHT (BEP 5) to find peers. Private torrents never use it.
+    #[arg(long)]
+    pub no_dht: bool,
+    /// UDP port of our DHT node (on the --listen IP); default: the --listen port.
+    #[arg(long, value_name = "PORT")]
+    pub dht_port: Option<u16>,
+    /// Where the DHT routing table is kept between runs [default:
+    /// $XDG_CACHE_HOME/swarmfs/dht-state, else ~/.cache/swarmfs/dht-state].
+    #[arg(long, value_name = "PATH")]
+    pub dht_state: Option<PathBuf>,
+}
+
+/// `HOST:PORT` with a non-zero port; the host is resolved when the DHT starts.
+fn parse_host_port(input: &str) -> Result<String, String> {
+    let bad = || format!("{input:?} is not HOST:PORT");
+    let (host, port) = input.rsplit_once(':').ok_or_else(bad)?;
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 && !host.is_empty() => Ok(input.to_string()),
+        _ => Err(bad()),
+    }
 }
 
 #[derive(Debug, Args)]

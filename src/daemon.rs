@@ -16,6 +16,7 @@ use crate::cli::{CreateArgs, MountArgs, PeerArgs, SeedArgs};
 use crate::config::{
     ConfigError, READAHEAD_CEILING_BYTES, READAHEAD_FLOOR_BYTES, parse_duration, parse_size,
 };
+use crate::dht::{self, DhtConfig, DhtNode};
 use crate::engine::{Engine, EngineOptions};
 use crate::fs::{ReadPolicy, TorrentFs};
 use crate::fuse::FuseAdapter;
@@ -46,6 +47,7 @@ fn engine_options(
     peer: &PeerArgs,
     upload_enabled: bool,
     seeding: bool,
+    dht: Option<DhtNode>,
 ) -> anyhow::Result<EngineOptions> {
     let upload_rate = parse_size(&peer.upload_rate)?;
     Ok(EngineOptions {
@@ -58,20 +60,74 @@ fn engine_options(
             upload_rate: (upload_rate > 0).then_some(upload_rate),
             seeding,
         },
+        dht,
     })
+}
+
+/// Starts the run's DHT node unless `--no-dht`; a node that cannot start is logged and the
+/// run goes on without it (trackers and `--peer` may suffice).
+async fn start_dht(peer: &PeerArgs) -> Option<DhtNode> {
+    if peer.no_dht {
+        info!("DHT off (--no-dht)");
+        return None;
+    }
+    let bootstrap = if peer.dht_bootstrap.is_empty() {
+        dht::DEFAULT_BOOTSTRAP.map(String::from).to_vec()
+    } else {
+        peer.dht_bootstrap.clone()
+    };
+    let config = DhtConfig {
+        bind: SocketAddr::new(
+            peer.listen.ip(),
+            peer.dht_port.unwrap_or(peer.listen.port()),
+        ),
+        bootstrap,
+        state_path: peer.dht_state.clone().or_else(dht::default_state_path),
+        server_mode: false,
+    };
+    match DhtNode::start(config).await {
+        Ok(node) => Some(node),
+        Err(err) => {
+            warn!("DHT off: {err}");
+            None
+        }
+    }
+}
+
+/// Saves the DHT routing table for the next run (after the engine has stopped with it).
+async fn stop_dht(node: Option<DhtNode>) {
+    if let Some(node) = node
+        && let Err(err) = node.save_state().await
+    {
+        warn!("{err}");
+    }
 }
 
 /// `swarmfs mount`.
 pub async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
-    let mut options = engine_options(&args.peer, !args.no_upload, false)?;
-    let meta = if args.torrent.starts_with("magnet:") {
-        let Some((meta, magnet_peers)) = metainfo_from_magnet(&args).await? else {
-            return Ok(());
-        };
-        options.peers.extend(magnet_peers);
-        meta
+    let file_meta = if args.torrent.starts_with("magnet:") {
+        None
     } else {
-        load_metainfo(Path::new(&args.torrent))?
+        Some(load_metainfo(Path::new(&args.torrent))?)
+    };
+    // A magnet's torrent may turn out private, but its metadata can only come from peers.
+    let dht = if file_meta.as_ref().is_some_and(|meta| meta.private) {
+        None
+    } else {
+        start_dht(&args.peer).await
+    };
+    let mut options = engine_options(&args.peer, !args.no_upload, false, dht.clone())?;
+    let meta = match file_meta {
+        Some(meta) => meta,
+        None => {
+            let Some((meta, magnet_peers)) = metainfo_from_magnet(&args, dht.as_ref()).await?
+            else {
+                stop_dht(dht).await;
+                return Ok(());
+            };
+            options.peers.extend(magnet_peers);
+            meta
+        }
     };
     let cache_bytes = parse_size(&args.cache_size)?;
     if cache_bytes < 1 << 20 {
@@ -124,6 +180,7 @@ pub async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     info!("{reason}; stopping");
     // Answer waiting reads first, then unmount: an unmount waits for replies.
     engine.shutdown().await;
+    stop_dht(dht).await;
     status.abort();
     tokio::task::spawn_blocking(move || mounted.unmount())
         .await?
@@ -132,10 +189,11 @@ pub async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
 }
 
 /// Fetches the metadata a magnet link names from its peers (BEP 9), saying on stderr what
-/// it waits for. Returns the metainfo and the magnet's own peers (`x.pe`); `None` when
-/// interrupted first.
+/// it waits for. Peers come from the magnet (`x.pe`), `--peer`, its trackers and the DHT.
+/// Returns the metainfo and the magnet's own peers; `None` when interrupted first.
 async fn metainfo_from_magnet(
     args: &MountArgs,
+    dht: Option<&DhtNode>,
 ) -> anyhow::Result<Option<(Arc<Metainfo>, Vec<SocketAddr>)>> {
     let magnet = Magnet::parse(&args.torrent)?;
     let limit = parse_duration(&args.metadata_timeout)?;
@@ -143,7 +201,7 @@ async fn metainfo_from_magnet(
     let mut peers = magnet.peers.clone();
     peers.extend(&args.peer.peers);
     eprintln!(
-        "swarmfs: waiting for the metadata of {}{} from {} tracker(s) and {} peer(s) (up to {:?})",
+        "swarmfs: waiting for the metadata of {}{} from {} tracker(s), {} peer(s){} (up to {:?})",
         magnet.info_hash,
         magnet
             .display_name
@@ -152,6 +210,7 @@ async fn metainfo_from_magnet(
             .unwrap_or_default(),
         magnet.trackers.len(),
         peers.len(),
+        if dht.is_some() { " and the DHT" } else { "" },
         limit
     );
     let our_id = PeerId::generate();
@@ -193,6 +252,17 @@ async fn metainfo_from_magnet(
             shutdown.clone(),
         )))
     };
+    // Lookups only: we do not announce before the engine listens for peers.
+    let dht_lookups = dht.map(|node| {
+        tokio::spawn(dht::run_peer_source(
+            node.clone(),
+            magnet.info_hash,
+            None,
+            peers_tx.clone(),
+            || true,
+            shutdown.clone(),
+        ))
+    });
     drop(peers_tx);
     let fetch = fetch_metadata(magnet.info_hash, our_id, peers_rx, limit, shutdown.clone());
     let outcome = tokio::select! {
@@ -205,6 +275,10 @@ async fn metainfo_from_magnet(
     shutdown.cancel();
     if let Some(task) = announcer {
         let _ = tokio::time::timeout(Duration::from_secs(6), task).await;
+    }
+    if let Some(task) = dht_lookups {
+        // It stops at the token; a lookup in flight is abandoned, not awaited.
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
     }
     let Some(info) = outcome.transpose()? else {
         return Ok(None);
@@ -240,11 +314,16 @@ pub async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
     }
     let cache = SharedCache::new(0);
     let store = Arc::new(PieceStore::Disk(disk));
+    let dht = if meta.private {
+        None
+    } else {
+        start_dht(&args.peer).await
+    };
     let engine = Engine::start(
         Arc::clone(&meta),
         cache,
         store,
-        engine_options(&args.peer, true, true)?,
+        engine_options(&args.peer, true, true, dht.clone())?,
     )
     .await?;
     eprintln!(
@@ -255,6 +334,7 @@ pub async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
     let reason = wait_for_stop(|| false).await;
     info!("{reason}; stopping");
     engine.shutdown().await;
+    stop_dht(dht).await;
     status.abort();
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The running BitTorrent side of one torrent: its actor, the peer listener, the tracker
-//! announce loop and the user's `--peer` list, under one shutdown token.
+//! announce loop, the DHT lookup loop and the user's `--peer` list, under one shutdown token.
 //!
 //! Shutdown order: cancel the root token (readers get errors, peers close, trackers get
 //! `stopped`), then wait for every task to finish.
@@ -15,11 +15,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn};
 
 use crate::cache::SharedCache;
+use crate::dht::{self, DhtNode};
 use crate::metainfo::Metainfo;
 use crate::store::PieceStore;
 use crate::swarm::PeerSource;
 use crate::task;
-use crate::torrent::{TorrentConfig, TorrentHandle, spawn_torrent};
+use crate::torrent::{TorrentConfig, TorrentHandle, TorrentStats, spawn_torrent};
 use crate::tracker::{
     AnnounceEvent, AnnounceRequest, TrackerClient, TransferStats, run_announce_loop,
 };
@@ -52,6 +53,8 @@ pub struct EngineOptions {
     pub listen: SocketAddr,
     pub peers: Vec<SocketAddr>,
     pub torrent: TorrentConfig,
+    /// The run's DHT node; `None` with `--no-dht`. Private torrents ignore it.
+    pub dht: Option<DhtNode>,
 }
 
 pub struct Engine {
@@ -126,7 +129,7 @@ impl Engine {
                 num_want: NUM_WANT,
                 tracker_id: None,
             };
-            let (peers_tx, mut peers_rx) = mpsc::channel(16);
+            let (peers_tx, peers_rx) = mpsc::channel(16);
             let for_stats = Arc::clone(&torrent);
             let seeding = options.torrent.seeding;
             let stats = move || TransferStats {
@@ -137,13 +140,28 @@ impl Engine {
             let announce =
                 run_announce_loop(client, tiers, base, stats, peers_tx, shutdown.clone());
             tasks.spawn(announce);
-            let forward_to = Arc::clone(&torrent);
-            tasks.spawn(async move {
-                while let Some(addrs) = peers_rx.recv().await {
-                    debug!(count = addrs.len(), "tracker peers");
-                    forward_to.add_peers(addrs, PeerSource::Tracker).await;
-                }
-            });
+            forward_peers(&tasks, peers_rx, Arc::clone(&torrent), PeerSource::Tracker);
+        }
+
+        match options.dht.clone() {
+            Some(_) if meta.private => debug!("private torrent: the DHT is not used"),
+            Some(node) => {
+                let (peers_tx, peers_rx) = mpsc::channel(16);
+                let counters = Arc::clone(&torrent.stats);
+                let few_peers =
+                    move || TorrentStats::get(&counters.connected_peers) < dht::FEW_PEERS;
+                let lookups = dht::run_peer_source(
+                    node,
+                    meta.info_hash,
+                    Some(listen_addr.port()),
+                    peers_tx,
+                    few_peers,
+                    shutdown.clone(),
+                );
+                task::spawn(&tasks, "dht", info_span!("dht"), lookups);
+                forward_peers(&tasks, peers_rx, Arc::clone(&torrent), PeerSource::Dht);
+            }
+            None => {}
         }
 
         Ok(Engine {
@@ -169,6 +187,22 @@ impl Engine {
             warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
         }
     }
+}
+
+/// Hands every batch a peer source finds to the torrent's address book, until the source
+/// closes its channel.
+fn forward_peers(
+    tasks: &TaskTracker,
+    mut peers_rx: mpsc::Receiver<Vec<SocketAddr>>,
+    torrent: Arc<TorrentHandle>,
+    source: PeerSource,
+) {
+    tasks.spawn(async move {
+        while let Some(addrs) = peers_rx.recv().await {
+            debug!(count = addrs.len(), ?source, "peers found");
+            torrent.add_peers(addrs, source).await;
+        }
+    });
 }
 
 async fn bind_listener(addr: SocketAddr) -> Result<TcpListener, EngineError> {

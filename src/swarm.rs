@@ -2,7 +2,7 @@
 //! failed and when to try them again, and which are banned.
 //!
 //! Pure bookkeeping with injected time: the torrent actor asks it whom to dial next.
-//! Peer sources (trackers, `--peer`, later DHT and PEX) only ever add addresses here.
+//! Peer sources (trackers, `--peer`, DHT and PEX) only ever add addresses here.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +17,8 @@ pub enum PeerSource {
     Incoming,
     /// Another peer told us (BEP 11).
     Pex,
+    /// A DHT lookup found it (BEP 5).
+    Dht,
 }
 
 /// First retry delay after a failed connection; doubles per failure.
