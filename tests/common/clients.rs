@@ -1,6 +1,7 @@
 //! Real BitTorrent software from Debian packages, on loopback, through the lab scripts
-//! in `tests/peers/`: an opentracker (`tracker.sh`) and seeders (`seed.sh`), each with
-//! a fresh state directory, killed by PID and waited for on drop.
+//! in `tests/peers/`: an opentracker (`tracker.sh`), seeders (`seed.sh`) and leechers
+//! (`leech.sh` to completion, or `LtLeecher` in the background), each with a fresh state
+//! directory, killed by PID and waited for.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -326,4 +327,252 @@ fn state_logs(dir: &Path) -> String {
         }
     }
     out
+}
+
+// ---- leechers ----
+
+/// leech.sh ends with the client's own exit, the sha1 check and its RESULT line; about
+/// 2–3 s per client for 24 MiB here. seed.sh (qbittorrent, rtorrent) polls for up to
+/// ~150 s itself; this bound only stops a hang and leaves room for it.
+const LEECH_SCRIPT_SLACK: Duration = Duration::from_secs(60);
+
+/// The downloading clients leech.sh knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeechClient {
+    Aria2,
+    Libtorrent,
+    /// qbittorrent-nox through seed.sh's Web API set-up (see leech.sh).
+    QBittorrent,
+    /// transmission-cli: never dials 127.x peers, so the seeder must dial it.
+    Transmission,
+    /// rtorrent through seed.sh (see leech.sh).
+    Rtorrent,
+}
+
+impl LeechClient {
+    /// leech.sh's CLIENT argument.
+    pub fn script_name(self) -> &'static str {
+        match self {
+            LeechClient::Aria2 => "aria2",
+            LeechClient::Libtorrent => "libtorrent",
+            LeechClient::QBittorrent => "qbittorrent",
+            LeechClient::Transmission => "transmission",
+            LeechClient::Rtorrent => "rtorrent",
+        }
+    }
+}
+
+/// Where a leecher listens and whom it dials besides the torrent's trackers.
+#[derive(Debug, Clone)]
+pub struct LeechOptions {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// PEER=IP:PORT (libtorrent; qbittorrent via addPeers).
+    pub peer: Option<String>,
+    /// leech.sh's TIMEOUT (aria2, libtorrent, transmission; seed.sh bounds the others).
+    pub timeout: Duration,
+}
+
+impl LeechOptions {
+    /// A fresh loopback IP and port, no extra peer.
+    pub fn fresh(timeout: Duration) -> LeechOptions {
+        let ip = next_ip();
+        LeechOptions {
+            ip,
+            port: free_port(ip),
+            peer: None,
+            timeout,
+        }
+    }
+}
+
+/// What leech.sh reported.
+#[derive(Debug)]
+pub struct LeechResult {
+    /// `OK`, `OK-missing-empty:N`, `FAIL` or `SKIPPED` (or `NONE` without a RESULT line).
+    pub verify: String,
+    pub seconds: f64,
+    /// Payload bytes / wall seconds of the whole run (start, transfer, exit).
+    pub mib_per_s: f64,
+    /// The script's output and the tails of the client's logs, for failure messages.
+    pub report: String,
+}
+
+impl LeechResult {
+    /// Every file verified; zero-length files may be missing (transmission never creates
+    /// them; leech.sh counts them apart).
+    pub fn verified(&self) -> bool {
+        self.verify == "OK" || self.verify.starts_with("OK-missing-empty:")
+    }
+}
+
+/// Runs leech.sh CLIENT TORRENT OUTDIR to completion (client stopped, files checked
+/// against `sha1sums`). OUTDIR is emptied first; the client's state goes to OUTDIR.state.
+pub fn leech(
+    client: LeechClient,
+    torrent: &Path,
+    sha1sums: &Path,
+    out_dir: &Path,
+    opts: &LeechOptions,
+) -> LeechResult {
+    process::become_subreaper();
+    let mut cmd = Command::new(peers_dir().join("leech.sh"));
+    cmd.arg(client.script_name())
+        .arg(torrent)
+        .arg(out_dir)
+        .env("LEECH_IP", opts.ip.to_string())
+        .env("LEECH_PORT", opts.port.to_string())
+        .env("TIMEOUT", opts.timeout.as_secs().max(1).to_string())
+        .env("SHA1SUMS", sha1sums)
+        .env_remove("POKE")
+        .env_remove("PEER")
+        .env_remove("LT_VERBOSE");
+    if let Some(peer) = &opts.peer {
+        cmd.env("PEER", peer);
+    }
+    let what = format!("leech.sh {}", client.script_name());
+    let out = run(&mut cmd, opts.timeout + LEECH_SCRIPT_SLACK, &what);
+    // seed.sh's clients (qbittorrent, rtorrent) were orphaned to us: reap them.
+    let mut state = out_dir.as_os_str().to_owned();
+    state.push(".state");
+    let state = PathBuf::from(state);
+    if let Some(pid) = std::fs::read_to_string(state.join("client").join("pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    {
+        terminate(pid, SEEDER_STOP_GRACE, &what);
+    }
+    let field = |key: &str| -> Option<String> {
+        let line = out
+            .stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("RESULT "))?;
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    let number = |key: &str| field(key).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    LeechResult {
+        verify: field("verify").unwrap_or_else(|| "NONE".into()),
+        seconds: number("seconds"),
+        // leech.sh's "MBps" is bytes / 1048576 / seconds, i.e. MiB/s.
+        mib_per_s: number("MBps"),
+        report: format!("{out}\n--- client logs ---\n{}", state_logs(&state)),
+    }
+}
+
+/// python-libtorrent (`lt-client.py leech`) downloading in the background, for tests that
+/// watch what it receives while something else happens (it may never complete: its only
+/// peer may have part of the torrent). Drop: SIGTERM, wait, SIGKILL.
+pub struct LtLeecher {
+    child: std::process::Child,
+    dir: TempDir,
+    _registered: Registered,
+}
+
+impl LtLeecher {
+    /// Starts leeching `torrent` on `opts.ip:opts.port`, dialing `opts.peer` (and the
+    /// torrent's trackers), printing its status every second; gives up after `opts.timeout`.
+    pub fn start(torrent: &Path, opts: &LeechOptions) -> LtLeecher {
+        process::become_subreaper();
+        let dir = tempfile::Builder::new()
+            .prefix("swarmfs-ltleech-")
+            .tempdir()
+            .expect("tempdir");
+        let log = std::fs::File::create(dir.path().join("libtorrent.log")).expect("create log");
+        let out = dir.path().join("data");
+        std::fs::create_dir(&out).expect("create data dir");
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg("-u")
+            .arg(peers_dir().join("lt-client.py"))
+            .arg("leech")
+            .arg(torrent)
+            .arg(&out)
+            .arg(format!("{}:{}", opts.ip, opts.port))
+            .arg("--status-every")
+            .arg("1")
+            .arg("--timeout")
+            .arg(opts.timeout.as_secs().max(1).to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        if let Some(peer) = &opts.peer {
+            cmd.arg("--peer").arg(peer);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let pid = i32::try_from(child.id()).expect("pid fits i32");
+        LtLeecher {
+            child,
+            dir,
+            _registered: register(Resource::Process {
+                pid,
+                what: format!("lt-client.py leech on {}:{}", opts.ip, opts.port),
+            }),
+        }
+    }
+
+    /// The directory that receives the torrent's NAME (files at `data_dir()/rel`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(
+            &std::fs::read(self.dir.path().join("libtorrent.log")).unwrap_or_default(),
+        )
+        .into_owned()
+    }
+
+    /// The last status line (`state=… progress=…% … peers=N …`), if one was printed.
+    pub fn last_status(&self) -> Option<String> {
+        self.log()
+            .lines()
+            .rev()
+            .find(|l| l.contains(" progress="))
+            .map(str::to_string)
+    }
+
+    /// Polls the status lines until one says `peers=N` with N ≥ 1.
+    pub fn wait_connected(&self, limit: Duration) -> bool {
+        let end = std::time::Instant::now() + limit;
+        loop {
+            let connected = self.log().lines().any(|l| {
+                l.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix("peers="))
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| n > 0)
+            });
+            if connected {
+                return true;
+            }
+            if std::time::Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGTERM (lt-client pauses its session and exits) and waits.
+    pub fn stop(&mut self) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
+        if matches!(self.child.try_wait(), Ok(None)) {
+            process::signal(pid, libc::SIGTERM);
+            if process::wait_child(&mut self.child, SEEDER_STOP_GRACE).is_none() {
+                let _ = self.child.kill();
+                let _ = process::wait_child(&mut self.child, Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+impl Drop for LtLeecher {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- lt-client leecher log ---\n{}", self.log());
+        }
+        self.stop();
+    }
 }

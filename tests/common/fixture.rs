@@ -145,6 +145,13 @@ impl Payload {
         buf
     }
 
+    /// make-torrent's `NAME.sha1sums` (paths relative to `data_dir`), as leech.sh's
+    /// SHA1SUMS wants it.
+    pub fn sha1sums_path(&self) -> PathBuf {
+        let cache_dir = self.data_dir.parent().expect("data dir has a parent");
+        cache_dir.join(format!("{}.sha1sums", self.name))
+    }
+
     /// Total bytes of all files.
     pub fn total_len(&self) -> u64 {
         self.files.iter().map(|f| f.len).sum()

@@ -4,11 +4,12 @@
 //! - `checks`: assertions on a mount (files match, EIO in bounded time, clean stop).
 //! - `harness`: `fuse_test` (FUSE check, heavy-test lock, overall deadline and watchdog).
 //! - `mount`: `MountGuard`, one `swarmfs mount` from mounted to gone.
-//! - `clients`: real trackers and seeders through the lab scripts in `tests/peers/`.
+//! - `clients`: real trackers, seeders and leechers through the lab scripts in `tests/peers/`.
 //! - `fixture`: cached make-torrent.sh payloads, their .torrent and per-file SHA-1.
 //! - `net`: unique loopback IPs and ports per test process.
 //! - `swarm`: in-process test seeders with a `Behaviour` (honest, corrupting, silent, …).
 //! - `process`: scripts under deadlines, kill and wait by PID, the per-test registry.
+//! - `swarmfs`: the binary under test: how it is started, and `SwarmfsSeed`.
 //!
 //! Every helper has a deadline; nothing waits forever.
 #![allow(dead_code)]
@@ -24,3 +25,4 @@ pub mod mount;
 pub mod net;
 pub mod process;
 pub mod swarm;
+pub mod swarmfs;

@@ -3,7 +3,7 @@
 //! panics included.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use super::net::fresh_addr;
 use super::process::{
     POLL, Registered, Resource, lazy_unmount, register, signal, tail, wait_child,
 };
+use super::swarmfs;
 
 /// The mount must appear this soon: the tree comes from the metainfo alone, so this only
 /// bounds process start and mount(2), with room for a loaded 2-core machine.
@@ -58,20 +59,12 @@ impl MountGuard {
         let log_path = dir.path().join("swarmfs.log");
         let log = std::fs::File::create(&log_path).expect("create swarmfs.log");
 
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_swarmfs"));
-        cmd.arg("mount").args(args);
+        let mut cmd = swarmfs::command("mount", &log);
+        cmd.args(args);
         if !args.contains(&"--listen") {
             cmd.arg("--listen").arg(fresh_addr());
         }
-        cmd.arg(torrent)
-            .arg(&mnt)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .env("RUST_BACKTRACE", "1");
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info,swarmfs=debug");
-        }
+        cmd.arg(torrent).arg(&mnt);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));

@@ -58,3 +58,21 @@ pub fn fresh_addr() -> String {
     let ip = next_ip();
     format!("{ip}:{}", free_port(ip))
 }
+
+/// True if something listens on TCP `ip:port` (from /proc/net/tcp, without connecting:
+/// a probe connection would count as a failed peer to a BitTorrent client).
+pub fn is_listening(ip: Ipv4Addr, port: u16) -> bool {
+    // local_address is the IPv4 address as a little-endian hex u32, then ":PORT" in hex;
+    // state 0A is LISTEN.
+    let want = format!("{:08X}:{port:04X}", u32::from_le_bytes(ip.octets()));
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .any(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let local = fields.next();
+            let state = fields.nth(1);
+            local == Some(want.as_str()) && state == Some("0A")
+        })
+}

@@ -109,6 +109,15 @@ pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// A `KEY:  N kB` field of /proc/PID/status (VmHWM, VmRSS, ...) in KiB, if present.
+pub fn status_kib(pid: i32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(key)?.strip_prefix(':')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
 /// What a script printed and how it ended.
 pub struct RunOutput {
     pub status: ExitStatus,
