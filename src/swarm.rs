@@ -22,9 +22,12 @@ pub enum PeerSource {
 }
 
 /// First retry delay after a failed connection; doubles per failure.
-const RETRY_BASE: Duration = Duration::from_secs(2);
+const RETRY_BASE: Duration = Duration::from_secs(1);
 /// Longest wait between retries of one address.
 const RETRY_MAX: Duration = Duration::from_secs(300);
+/// Longest wait between retries of an address the user named (`--peer`, `x.pe`): it is
+/// likely a peer that is just starting, and a mount with no other source waits on it.
+const USER_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Tracker-given addresses that failed this many times in a row are forgotten.
 const MAX_FAILURES: u32 = 8;
 
@@ -125,8 +128,13 @@ impl AddressBook {
         } else {
             state.failures = state.failures.saturating_add(1);
         }
-        let factor = 1u32 << state.failures.min(8);
-        state.next_attempt = now + (RETRY_BASE * factor).min(RETRY_MAX);
+        let factor = 1u32 << state.failures.saturating_sub(1).min(8);
+        let ceiling = if state.source == PeerSource::User {
+            USER_RETRY_MAX
+        } else {
+            RETRY_MAX
+        };
+        state.next_attempt = now + (RETRY_BASE * factor).min(ceiling);
         if state.failures >= MAX_FAILURES && state.source != PeerSource::User {
             self.addrs.remove(&addr);
         }
