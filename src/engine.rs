@@ -186,6 +186,15 @@ impl Engine {
         {
             warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
         }
+        let stats = &self.torrent.stats;
+        let get = crate::torrent::TorrentStats::get;
+        info!(
+            pieces_fetched = get(&stats.pieces_fetched),
+            downloaded_bytes = get(&stats.downloaded),
+            uploaded_bytes = get(&stats.uploaded),
+            hash_failures = get(&stats.hash_failures),
+            "session totals"
+        );
     }
 }
 
