@@ -36,10 +36,11 @@ const SINGLE_MB: u32 = 8;
 const SINGLE_PIECE_KB: u32 = 64;
 const PIECE_BYTES: u64 = SINGLE_PIECE_KB as u64 * 1024;
 
-/// Pieces a partly corrupting seeder damages: the last 16 of 128, well past the 1 MiB
-/// (16-piece) read-ahead of a fresh open anywhere below piece 96.
-const CORRUPT_FROM: u32 = 112;
-/// Good pieces read through fresh opens; none comes within read-ahead of `CORRUPT_FROM`.
+/// Pieces a partly corrupting seeder damages: 8 in the middle of 128, well past the
+/// 1 MiB (16-piece) read-ahead of a fresh open anywhere below piece 88, and clear of the
+/// first and last piece, which an open fetches at once as hints.
+const CORRUPT: std::ops::Range<u32> = 104..112;
+/// Good pieces read through fresh opens; none comes within read-ahead of `CORRUPT`.
 const GOOD_PIECES: [u32; 4] = [0, 20, 50, 80];
 
 fn multi_payload() -> Payload {
@@ -145,7 +146,7 @@ fn corrupted_pieces_give_eio_and_good_ones_read() {
         TEST_LIMIT,
         || {
             let payload = single_payload();
-            let corrupted = (CORRUPT_FROM..(SINGLE_MB * 1024 / SINGLE_PIECE_KB)).collect();
+            let corrupted = CORRUPT.collect();
             let seeder =
                 TestSeeder::start(Behaviour::Corrupting(Pieces::Only(corrupted)), &payload);
             let mount = mount_with(
@@ -158,7 +159,7 @@ fn corrupted_pieces_give_eio_and_good_ones_read() {
             }
 
             let path = mount.path().join(&payload.file("").rel);
-            let bad_offset = u64::from(CORRUPT_FROM) * PIECE_BYTES + 100;
+            let bad_offset = u64::from(CORRUPT.start) * PIECE_BYTES + 100;
             assert_read_gives_eio(&path, bad_offset, 4096);
             assert!(
                 !log_lines_with(&mount, &["failed its SHA-1 check"]).is_empty(),
