@@ -187,6 +187,8 @@ struct Actor {
     last_rechoke: Instant,
     last_optimistic: Instant,
     last_pex: Instant,
+    /// Bytes uploaded over connections that have closed (the live ones add theirs).
+    uploaded_by_closed: u64,
 
     verified_tx: mpsc::UnboundedSender<(PieceIndex, Result<VerifiedPiece, HashMismatch>)>,
 }
@@ -254,6 +256,7 @@ pub fn spawn_torrent(
         last_rechoke: now,
         last_optimistic: now,
         last_pex: now,
+        uploaded_by_closed: 0,
         verified_tx,
     };
     let span = info_span!("torrent", name = %meta.name);
@@ -787,6 +790,7 @@ impl Actor {
         let Some(slot) = self.peers.remove(&key) else {
             return;
         };
+        self.uploaded_by_closed += slot.counters.uploaded();
         for (piece, block) in slot.inflight {
             if let Some(p) = self.partial.get_mut(&piece) {
                 p.forget_request(block, key);
@@ -956,7 +960,9 @@ impl Actor {
                 .clamp(MIN_QUEUE_DEPTH, MAX_QUEUE_DEPTH)
                 .min(slot.max_queue_depth);
         }
-        self.stats.uploaded.fetch_max(uploaded, Ordering::Relaxed);
+        self.stats
+            .uploaded
+            .store(self.uploaded_by_closed + uploaded, Ordering::Relaxed);
     }
 
     fn rechoke(&mut self, now: Instant) {
