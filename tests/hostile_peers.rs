@@ -205,8 +205,6 @@ fn garbage_and_oversized_peers_do_not_harm_the_honest_one() {
 /// 3b. A peer that sends corrupted blocks nobody asked it for, aimed at the pieces being
 ///     fetched, must not spoil them nor get the honest peer beside it banned.
 #[test]
-#[ignore = "engine bug: unasked-for blocks are stored in partial pieces and the honest \
-            peer shares the hash-failure strikes, so it is banned within 0.2 s"]
 fn unsolicited_blocks_do_not_harm_the_honest_peer() {
     fuse_test(
         "unsolicited_blocks_do_not_harm_the_honest_peer",

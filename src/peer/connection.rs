@@ -100,6 +100,7 @@ pub async fn connect_outgoing(
                     addr,
                     connected: false,
                     reason: err.to_string(),
+                    misbehaved: err.is_misbehaviour(),
                 })
                 .await;
             Err(err)
@@ -167,9 +168,9 @@ async fn run_session(
         r = writer => r,
         () = ctx.shutdown.cancelled() => Err(PeerError::ShuttingDown),
     };
-    let reason = match &result {
-        Ok(()) => "closed".to_string(),
-        Err(err) => err.to_string(),
+    let (reason, misbehaved) = match &result {
+        Ok(()) => ("closed".to_string(), false),
+        Err(err) => (err.to_string(), err.is_misbehaviour()),
     };
     let _ = ctx
         .events
@@ -178,6 +179,7 @@ async fn run_session(
             addr,
             connected: true,
             reason,
+            misbehaved,
         })
         .await;
     result

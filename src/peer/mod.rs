@@ -62,6 +62,9 @@ pub enum PeerEvent {
         addr: SocketAddr,
         connected: bool,
         reason: String,
+        /// The peer broke the protocol (or is us, or serves another torrent): never
+        /// dial it again.
+        misbehaved: bool,
     },
 }
 
@@ -99,6 +102,18 @@ pub enum PeerError {
     ShuttingDown,
     #[error("closed by us")]
     ClosedByUs,
+}
+
+impl PeerError {
+    /// Whether the connection ended because of what the peer sent (as opposed to the
+    /// network, a timeout, or us).
+    pub fn is_misbehaviour(&self) -> bool {
+        match self {
+            PeerError::Wire { source, .. } => !matches!(source, WireError::Io(_)),
+            PeerError::WrongInfoHash { .. } | PeerError::SelfConnection { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// A block of upload data for a peer, sliced from a shared piece buffer.

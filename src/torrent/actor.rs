@@ -446,8 +446,10 @@ impl Actor {
                 addr,
                 connected,
                 reason,
+                misbehaved,
             } => {
-                if reason.contains("ourselves") || reason.contains("another torrent") {
+                if misbehaved {
+                    debug!(%addr, %reason, "banning peer");
                     self.book.ban(addr);
                 }
                 if connected {
@@ -685,14 +687,18 @@ impl Actor {
         let Some(slot) = self.peers.get_mut(&key) else {
             return;
         };
-        let requested = slot.inflight.remove(&(p, block));
-        slot.last_block_at = now;
-        if !requested && !slot.cancelled.remove(&(p, block)) {
+        // Only blocks we asked this peer for (or cancelled, crossing on the wire) may
+        // enter a piece: an unasked block could be anything, and would get the honest
+        // senders of the same piece blamed when the hash fails.
+        let asked = slot.inflight.remove(&(p, block)) || slot.cancelled.remove(&(p, block));
+        if !asked {
             slot.unsolicited += 1;
             if slot.unsolicited > MAX_UNSOLICITED_BLOCKS {
                 return self.close_peer(key, "too many blocks we did not ask for");
             }
+            return;
         }
+        slot.last_block_at = now;
         self.fill_peers.insert(key);
         let Some(partial) = self.partial.get_mut(&p) else {
             return;
@@ -809,10 +815,12 @@ impl Actor {
         self.fill_all = true;
     }
 
+    /// Drops a peer that broke the protocol and never dials it again this run.
     fn close_peer(&mut self, key: PeerKey, why: &str) {
         if let Some(slot) = self.peers.get(&key) {
             warn!(addr = %slot.addr, client = %slot.peer_id.client_tag(), "dropping peer: {why}");
             let _ = slot.commands.send(PeerCommand::Close);
+            self.book.ban(slot.addr);
         }
         self.drop_peer(key);
     }
