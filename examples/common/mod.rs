@@ -93,10 +93,7 @@ pub fn swarmfs_binary() -> Result<PathBuf> {
         .context("the example has no file name")?
         .to_string_lossy()
         .into_owned();
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the example does not run from target/<profile>/examples")?;
+    let profile_dir = profile_dir()?;
     let bin = profile_dir.join("swarmfs");
     let mut cargo = Command::new(env!("CARGO"));
     cargo
@@ -120,6 +117,24 @@ pub fn swarmfs_binary() -> Result<PathBuf> {
         (true, true) => {}
     }
     Ok(bin)
+}
+
+/// `target/<profile>`: the example runs as `target/<profile>/examples/NAME`.
+fn profile_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the example's own path")?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .context("the example does not run from target/<profile>/examples")
+}
+
+/// `target/`, for what the examples keep between runs (data, results).
+pub fn target_dir() -> Result<PathBuf> {
+    let profile_dir = profile_dir()?;
+    profile_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .context("the example does not run from target/<profile>/examples")
 }
 
 // ---- processes we own ----
@@ -252,9 +267,9 @@ impl Drop for OrphanGuard {
 
 // ---- one mount ----
 
-/// A running `swarmfs mount` on a fresh temporary directory. Drop: SIGINT, wait,
-/// `umount -l` if still mounted, SIGKILL; the directory is kept if something is still
-/// mounted on it.
+/// A FUSE daemon (`swarmfs mount`, or btfs for comparison) in the foreground on a fresh
+/// temporary directory. Drop: SIGINT, wait, `umount -l` if still mounted, SIGKILL; the
+/// directory is kept if something is still mounted on it.
 pub struct Mount {
     child: OwnedChild,
     mnt: PathBuf,
@@ -264,16 +279,24 @@ pub struct Mount {
 impl Mount {
     /// Runs `swarmfs mount ARGS... TORRENT MNT` and waits until MNT is in the mount table.
     pub fn start(swarmfs: &Path, torrent: &Path, args: &[String]) -> Result<Mount> {
+        Mount::spawn("swarmfs mount", |mnt| {
+            let mut cmd = Command::new(swarmfs);
+            cmd.arg("mount").args(args).arg(torrent).arg(mnt);
+            if std::env::var_os("RUST_LOG").is_none() {
+                cmd.env("RUST_LOG", "warn");
+            }
+            cmd
+        })
+    }
+
+    /// Runs the command that `command(MNT)` builds and waits until MNT is mounted.
+    pub fn spawn(what: &str, command: impl FnOnce(&Path) -> Command) -> Result<Mount> {
         let dir = tempfile::Builder::new().prefix("swarmfs-mnt-").tempdir()?;
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt)?;
         let mnt = mnt.canonicalize()?;
-        let mut cmd = Command::new(swarmfs);
-        cmd.arg("mount").args(args).arg(torrent).arg(&mnt);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "warn");
-        }
-        let child = OwnedChild::spawn(&mut cmd, "swarmfs mount", &dir.path().join("mount.log"))?;
+        let log = dir.path().join("mount.log");
+        let child = OwnedChild::spawn(&mut command(&mnt), what, &log)?;
         let mut mount = Mount {
             child,
             mnt,
@@ -322,7 +345,23 @@ impl Mount {
         Some(kib * KIB)
     }
 
-    /// SIGINT (what Ctrl-C sends), then waits for swarmfs to exit 0 and the mount to go.
+    /// Waits until `path()/rel` exists (btfs shows its files a moment after mounting).
+    pub fn wait_for_entry(&mut self, rel: &str) -> Result<()> {
+        let end = Instant::now() + MOUNT_DEADLINE;
+        while !self.mnt.join(rel).exists() {
+            if Instant::now() >= end {
+                bail!(
+                    "{rel} not in the mount within {MOUNT_DEADLINE:?}\n{}",
+                    self.log_tail()
+                );
+            }
+            bail_if_interrupted()?;
+            sleep(POLL);
+        }
+        Ok(())
+    }
+
+    /// SIGINT (what Ctrl-C sends), then waits for the daemon to exit 0 and the mount to go.
     pub fn stop(mut self) -> Result<()> {
         let status = self.child.stop(libc::SIGINT, STOP_DEADLINE);
         let end = Instant::now() + Duration::from_secs(2);
@@ -427,6 +466,31 @@ pub fn read_whole(path: &Path, first_len: usize) -> Result<FileRead> {
         first_bytes: first_bytes.unwrap_or_default(),
         total: start.elapsed(),
     })
+}
+
+/// Reads `len_bytes` of `path` from `offset` in 1 MiB chunks without hashing (a pure read
+/// rate, for data already verified); returns the time taken.
+pub fn time_read(path: &Path, offset: u64, len_bytes: u64) -> Result<Duration> {
+    let start = Instant::now();
+    let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    let mut done = 0u64;
+    while done < len_bytes {
+        let want = (len_bytes - done).min(buf.len() as u64) as usize;
+        let n = file
+            .read_at(&mut buf[..want], offset + done)
+            .with_context(|| format!("read {} at {}", path.display(), offset + done))?;
+        if n == 0 {
+            bail!(
+                "{}: EOF at {} of {len_bytes} bytes",
+                path.display(),
+                offset + done
+            );
+        }
+        done += n as u64;
+        bail_if_interrupted()?;
+    }
+    Ok(start.elapsed())
 }
 
 /// Fills `buf` unless EOF comes first; returns the bytes read.
