@@ -12,9 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # fuse3..openssl: the clients, tracker and tools of tests/peers/ (see its scripts);
-# curl and iproute2 (ss) are used by seed.sh and tracker.sh.
+# curl and iproute2 (ss) are used by seed.sh and tracker.sh; ffmpeg..xorriso: the players and
+# archive tools of tests/media_tools.rs and what tests/media/gen-media.sh builds its corpus with.
 PACKAGES=(fuse3 aria2 qbittorrent-nox transmission-cli transmission-daemon rtorrent python3-libtorrent
-          opentracker mktorrent bc openssl curl iproute2)
+          opentracker mktorrent bc openssl curl iproute2
+          ffmpeg mpv unzip zip p7zip-full libarchive-tools genisoimage xorriso)
 
 command -v dpkg-query >/dev/null || { echo "run.sh: not a Debian system (no dpkg-query); install: ${PACKAGES[*]}" >&2; exit 1; }
 missing=()

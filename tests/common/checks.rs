@@ -82,3 +82,40 @@ pub fn assert_read_gives_eio(path: &Path, offset: u64, len: usize) {
         path.display()
     );
 }
+
+/// `pieces_fetched=N` from the `session totals` line swarmfs logs at shutdown (ANSI colour
+/// codes, if any, removed first). Panics, showing the log's end, if there is no such line.
+pub fn session_pieces_fetched(log: &str) -> u64 {
+    let line = log
+        .lines()
+        .map(strip_ansi)
+        .find(|l| l.contains("session totals"))
+        .unwrap_or_else(|| {
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            panic!("no `session totals` line in the swarmfs log; its end:\n{tail}")
+        });
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("pieces_fetched="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no pieces_fetched=N in {line:?}"))
+}
+
+/// `text` without ANSI escape sequences (ESC [ ... final byte).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip '[' and parameters up to the final byte (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

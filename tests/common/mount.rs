@@ -138,6 +138,19 @@ impl MountGuard {
         self.wait_exit_inner("after SIGINT")
     }
 
+    /// Like `stop`, plus the whole log, which `stop` cannot give once the guard (and its
+    /// directory) is gone: what swarmfs logs at shutdown (`session totals`) is in it.
+    pub fn stop_with_log(self) -> (ExitStatus, String) {
+        let log_path = self.log_path.clone();
+        // An open file outlives the unlink of the directory when the guard drops.
+        let mut log = std::fs::File::open(&log_path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", log_path.display()));
+        let status = self.stop();
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut log, &mut text).expect("read swarmfs.log");
+        (status, String::from_utf8_lossy(&text).into_owned())
+    }
+
     /// Waits (20 s) for swarmfs to exit by itself (e.g. after an external `umount`);
     /// asserts the mount is gone.
     pub fn wait_exit(mut self) -> ExitStatus {
