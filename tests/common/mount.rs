@@ -60,7 +60,7 @@ impl MountGuard {
         let log = std::fs::File::create(&log_path).expect("create swarmfs.log");
 
         let mut cmd = swarmfs::command("mount", &log);
-        cmd.args(args);
+        cmd.args(swarmfs::loopback_only_args(args));
         if !args.contains(&"--listen") {
             cmd.arg("--listen").arg(fresh_addr());
         }

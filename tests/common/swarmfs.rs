@@ -39,6 +39,17 @@ pub fn command(subcommand: &str, log: &File) -> Command {
     cmd
 }
 
+/// Tests talk to loopback only: unless a test brings its own DHT (`--dht-bootstrap` on
+/// loopback), swarmfs runs with `--no-dht`, so it never contacts the public DHT routers
+/// that are its default bootstrap, and never writes a DHT state file.
+pub fn loopback_only_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut out = args.to_vec();
+    if !args.contains(&"--dht-bootstrap") && !args.contains(&"--no-dht") {
+        out.push("--no-dht");
+    }
+    out
+}
+
 /// A running `swarmfs seed TORRENT DATADIR --listen IP:PORT`. Drop: SIGTERM, wait up to
 /// 10 s, SIGKILL; the log is printed if the test is panicking.
 pub struct SwarmfsSeed {
@@ -67,7 +78,7 @@ impl SwarmfsSeed {
             .arg(data_dir)
             .arg("--listen")
             .arg(addr.to_string())
-            .args(extra);
+            .args(loopback_only_args(extra));
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
