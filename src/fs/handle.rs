@@ -30,6 +30,8 @@ pub struct ReadWindow {
     /// When the current sequential streak began and how much it has read.
     streak_start: Option<Instant>,
     streak_bytes: u64,
+    /// File offset a sequential read must reach before the window may double again.
+    grow_mark: u64,
 }
 
 impl ReadWindow {
@@ -41,6 +43,7 @@ impl ReadWindow {
             ceiling_bytes: ceiling_bytes.max(floor_bytes),
             streak_start: None,
             streak_bytes: 0,
+            grow_mark: floor_bytes / 2,
         }
     }
 
@@ -59,13 +62,17 @@ impl ReadWindow {
                 let rate = self.streak_bytes as f64 / elapsed.as_secs_f64();
                 let wanted = (rate * READAHEAD_HORIZON.as_secs_f64()) as u64;
                 self.ahead_bytes = wanted.clamp(self.floor_bytes, self.ceiling_bytes);
-            } else if self.next_offset.is_some() {
+            } else if self.next_offset.is_some() && offset >= self.grow_mark {
+                // Grow only once the reader is into the data read ahead: the kernel's own
+                // read-ahead READs right after a probe would otherwise look like streaming.
                 self.ahead_bytes = self.ahead_bytes.saturating_mul(2).min(self.ceiling_bytes);
+                self.grow_mark = end.saturating_add(self.ahead_bytes / 2);
             }
         } else {
             self.ahead_bytes = self.floor_bytes;
             self.streak_start = Some(now);
             self.streak_bytes = len;
+            self.grow_mark = end.saturating_add(self.ahead_bytes / 2);
         }
         self.next_offset = Some(end.max(if sequential {
             self.next_offset.unwrap_or(0)
@@ -101,8 +108,14 @@ mod tests {
         let mut w = ReadWindow::new(MIB, 16 * MIB);
         assert_eq!(w.on_read(0, 131072, 100 * MIB, now), 131072..131072 + MIB);
         w.on_read(131072, 131072, 100 * MIB, now);
+        assert_eq!(
+            w.ahead_bytes(),
+            MIB,
+            "not grown before half the window is read"
+        );
+        w.on_read(4 * 131072, 131072, 100 * MIB, now);
         assert_eq!(w.ahead_bytes(), 2 * MIB);
-        for i in 2..10 {
+        for i in 5..80 {
             w.on_read(i * 131072, 131072, 100 * MIB, now);
         }
         assert_eq!(w.ahead_bytes(), 16 * MIB, "capped at the ceiling");
