@@ -25,8 +25,8 @@ use anyhow::{Context, Result, bail};
 use sha1::{Digest, Sha1};
 
 use common::{
-    KIB, MIB, Mount, OwnedChild, SplitMix64, Spread, bail_if_interrupted, catch_interrupts, hex,
-    interrupted, mib_per_s, ms, read_whole, swarmfs_binary, timed_read_at,
+    KIB, MIB, Mount, OwnedChild, SplitMix64, Spread, bail_if_interrupted, hex, interrupted,
+    mib_per_s, ms, read_whole, swarmfs_binary, timed_read_at,
 };
 
 /// The torrent's name: the top directory in the mount.
@@ -65,13 +65,7 @@ struct PayloadFile {
 }
 
 fn main() -> Result<()> {
-    catch_interrupts();
-    let result = run();
-    // After Ctrl-C a read may fail first (the mount got the signal too): say why.
-    if result.is_err() && interrupted() {
-        bail!("interrupted");
-    }
-    result
+    common::run_interruptible(run)
 }
 
 fn run() -> Result<()> {

@@ -67,6 +67,18 @@ pub fn catch_interrupts() {
     }
 }
 
+/// Runs an example's body with Ctrl-C caught (see `catch_interrupts`). After Ctrl-C a
+/// read may fail before the body sees the flag (the mount got the signal too): the error
+/// then says "interrupted".
+pub fn run_interruptible(body: fn() -> Result<()>) -> Result<()> {
+    catch_interrupts();
+    let result = body();
+    if result.is_err() && interrupted() {
+        bail!("interrupted");
+    }
+    result
+}
+
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }

@@ -18,34 +18,32 @@
 //! stops by PID, errors and Ctrl-C included. A tool that is missing is listed as
 //! "not installed"; one that fails is listed with its error, and the run goes on.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod report;
+mod swarm;
+mod wire;
 
-use std::fmt::Write as _;
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use futures::{SinkExt, StreamExt};
-use serde_bencode::value::Value;
-use sha1::{Digest, Sha1};
-use tokio_util::codec::Framed;
 
 use swarmfs::metainfo::Metainfo;
-use swarmfs::types::PeerId;
-use swarmfs::wire::{
-    BlockRequest, Handshake, Message, MessageCodec, read_handshake, write_handshake,
-};
 
 use common::net::free_port;
 use common::process::{self, run};
 use common::{
-    KIB, MIB, Mount, OrphanGuard, SplitMix64, Spread, bail_if_interrupted, catch_interrupts, hex,
-    interrupted, mib_per_s, ms, read_whole, swarmfs_binary, target_dir, time_read, timed_read_at,
+    KIB, MIB, Mount, SplitMix64, Spread, bail_if_interrupted, mib_per_s, ms, read_whole,
+    swarmfs_binary, target_dir, time_read, timed_read_at,
 };
+use report::{Report, Section, machine_description};
+use swarm::{Payload, Seeder, Tracker, peers_dir};
+use wire::{WIRE_PIECES, fetch_pieces};
 
 /// The torrent: 1 GiB in 1 MiB pieces (1024 pieces), a typical large-file torrent.
 const SIZE_MB: u64 = 1024;
@@ -58,8 +56,7 @@ const FIRST_SEEDER_HOST: u8 = 2;
 /// tracker never lists two programs under one IP.
 const FIRST_CLIENT_HOST: u8 = 10;
 
-/// The two cache sizes of the mount: 256 MiB (a quarter of the torrent) and 64 MiB
-/// (the read-ahead ceiling's quarter-of-cache cap then limits read-ahead to 16 MiB).
+/// The two cache sizes of the mount: 256 MiB (a quarter of the torrent) and 64 MiB.
 const CACHE_SIZES: [&str; 2] = ["256MiB", "64MiB"];
 
 /// Random-offset reads: how many, how long each (what a player or `file` asks first).
@@ -69,37 +66,13 @@ const READ_LEN: usize = 64 * KIB as usize;
 /// Cached re-read: the last 128 MiB, half the 256 MiB cache, so it is surely still held.
 const REREAD_TAIL_BYTES: u64 = 128 * MIB;
 
-/// Pieces fetched straight from one seeder over the wire, for the one-piece time.
-const WIRE_PIECES: usize = 5;
-/// 16 KiB: the block size every client serves.
-const BLOCK_LEN: u32 = 16 * 1024;
-
-/// Hang bounds, not expectations: make-torrent.sh writes and hashes 1 GiB in ~15 s here;
-/// a seeder starts (and is listed by the tracker) in seconds; the slowest full download
-/// measured so far (aria2, ~100 MiB/s) takes ~10 s; btfs reads at ~18 MiB/s (~60 s).
-const GENERATE_DEADLINE: Duration = Duration::from_secs(600);
-const SEED_START_DEADLINE: Duration = Duration::from_secs(120);
+/// Hang bounds, not expectations: the slowest full download measured so far (aria2,
+/// ~100 MiB/s) takes ~10 s; btfs reads at ~10-20 MiB/s (~60-100 s).
 const DOWNLOAD_DEADLINE: Duration = Duration::from_secs(300);
 const WIRE_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Before each measurement: wait until other work uses at most 6% of the CPUs over half
-/// a second (the lab's `wait_idle` threshold: 6 of 100 jiffies), for at most 2 minutes;
-/// a run that had to start anyway says how busy the machine was.
-const IDLE_SAMPLE: Duration = Duration::from_millis(500);
-const IDLE_BUSY_SHARE: f64 = 0.06;
-const IDLE_WAIT: Duration = Duration::from_secs(120);
-
-/// Announce URL baked into the cached .torrent; each run writes its own copy with its
-/// tracker's URL (the info dictionary, and so the info hash, stay the same).
-const PLACEHOLDER_TRACKER: &str = "http://127.0.0.1:1/placeholder";
-
 fn main() -> Result<()> {
-    catch_interrupts();
-    let result = run_bench();
-    if result.is_err() && interrupted() {
-        bail!("interrupted");
-    }
-    result
+    common::run_interruptible(run_bench)
 }
 
 fn run_bench() -> Result<()> {
@@ -188,7 +161,7 @@ impl Bench<'_> {
                 Ok(read) => read,
                 Err(err) => {
                     failures.push(format!("{tool}: {err:#}"));
-                    report.add(Section::Cold, &tool, "failed".into(), format!("{err:#}"));
+                    report.failed(Section::Cold, &tool, &format!("{err:#}"));
                     eprintln!("{}", mount.log_tail());
                     mount.stop()?;
                     continue;
@@ -284,12 +257,7 @@ impl Bench<'_> {
                     ),
                 );
             } else {
-                report.add(
-                    Section::Cold,
-                    &tool,
-                    "failed".into(),
-                    last_line(&out.stderr),
-                );
+                report.failed(Section::Cold, &tool, last_line(&out.stderr));
             }
             let _ = fs::remove_dir_all(&out_dir);
             let _ = fs::remove_dir_all(out_dir.with_extension("state"));
@@ -339,12 +307,7 @@ impl Bench<'_> {
                 format!("verify={verify}; process start to last byte on disk"),
             );
         } else {
-            report.add(
-                Section::Cold,
-                &tool,
-                "failed".into(),
-                last_line(&out.stderr),
-            );
+            report.failed(Section::Cold, &tool, last_line(&out.stderr));
         }
         let _ = fs::remove_dir_all(&out_dir);
         Ok(())
@@ -393,7 +356,7 @@ impl Bench<'_> {
                     "VmHWM after reading 1 GiB; no cache limit".into(),
                 );
             }
-            Err(err) => report.add(Section::Cold, &tool, "failed".into(), format!("{err:#}")),
+            Err(err) => report.failed(Section::Cold, &tool, &format!("{err:#}")),
         }
         bail_if_interrupted()?;
         report.settle()?;
@@ -452,7 +415,7 @@ impl Bench<'_> {
                 ),
                 None => report.add(Section::Ttfb, tool, "no reads".into(), String::new()),
             },
-            Err(err) => report.add(Section::Ttfb, tool, "failed".into(), format!("{err:#}")),
+            Err(err) => report.failed(Section::Ttfb, tool, &format!("{err:#}")),
         }
     }
 
@@ -485,7 +448,7 @@ impl Bench<'_> {
                         ms(ready)
                     ),
                 ),
-                Err(err) => report.add(Section::Ttfb, &tool, "failed".into(), format!("{err:#}")),
+                Err(err) => report.failed(Section::Ttfb, &tool, &format!("{err:#}")),
             }
             bail_if_interrupted()?;
         }
@@ -556,417 +519,7 @@ impl Bench<'_> {
     }
 }
 
-/// Connects to `addr`, waits for the unchoke, then fetches `WIRE_PIECES` seeded-random
-/// pieces one after the other, each as all its blocks requested at once, and checks each
-/// against the payload. Returns the time to unchoke and each piece's request-to-last-block time.
-async fn fetch_pieces(
-    addr: SocketAddr,
-    meta: &Metainfo,
-    payload: &Path,
-) -> Result<(Duration, Vec<Duration>)> {
-    let started = Instant::now();
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    write_handshake(
-        &mut stream,
-        &Handshake::new(meta.info_hash, PeerId::generate()),
-    )
-    .await?;
-    let theirs = read_handshake(&mut stream).await?;
-    let mut wire = Framed::new(stream, MessageCodec::default());
-    if theirs.supports_fast() {
-        // BEP 6: with Fast on both sides, one of HaveAll/HaveNone/Bitfield must come first.
-        wire.send(&Message::HaveNone).await?;
-    }
-    wire.send(&Message::Interested).await?;
-    loop {
-        match wire.next().await {
-            Some(Ok(Message::Unchoke)) => break,
-            Some(Ok(_)) => {}
-            Some(Err(err)) => return Err(err.into()),
-            None => bail!("{addr} closed the connection before unchoking us"),
-        }
-    }
-    let ready = started.elapsed();
-
-    let original = fs::File::open(payload)?;
-    let mut rng = SplitMix64(0x91ece);
-    let mut times = Vec::new();
-    for _ in 0..WIRE_PIECES {
-        let piece = u32::try_from(rng.below(u64::from(meta.piece_count())))?;
-        let piece_len = meta.piece_length;
-        let asked = Instant::now();
-        for offset in (0..piece_len).step_by(BLOCK_LEN as usize) {
-            let length = BLOCK_LEN.min(piece_len - offset);
-            wire.feed(&Message::Request(BlockRequest {
-                piece,
-                offset,
-                length,
-            }))
-            .await?;
-        }
-        SinkExt::<&Message>::flush(&mut wire).await?;
-        let mut data = vec![0u8; piece_len as usize];
-        let mut received = 0u32;
-        while received < piece_len {
-            match wire.next().await {
-                Some(Ok(Message::Piece {
-                    piece: p,
-                    offset,
-                    data: block,
-                })) if p == piece => {
-                    let start = offset as usize;
-                    let end = start + block.len();
-                    if end > data.len() {
-                        bail!("{addr} sent a block past the end of piece {piece}");
-                    }
-                    data[start..end].copy_from_slice(&block);
-                    received += u32::try_from(block.len())?;
-                }
-                Some(Ok(Message::Choke)) => bail!("{addr} choked us mid-piece"),
-                Some(Ok(_)) => {}
-                Some(Err(err)) => return Err(err.into()),
-                None => bail!("{addr} closed the connection mid-piece"),
-            }
-        }
-        times.push(asked.elapsed());
-        let mut want = vec![0u8; data.len()];
-        original.read_exact_at(&mut want, u64::from(piece) * u64::from(piece_len))?;
-        if hex(&Sha1::digest(&data)) != hex(&Sha1::digest(&want)) {
-            bail!("piece {piece} from {addr} differs from the payload");
-        }
-    }
-    Ok((ready, times))
-}
-
-// ---- the payload, the tracker, the seeders ----
-
-/// make-torrent.sh's output, made once under `target/bench-data` and reused.
-struct Payload {
-    name: String,
-    /// make-torrent's OUTDIR/data: contains `name`.
-    data_dir: PathBuf,
-    file: PathBuf,
-    size_bytes: u64,
-    /// Lower-case hex SHA-1 of the whole file.
-    sha1: String,
-    /// NAME.sha1sums, for leech.sh.
-    sums: PathBuf,
-    /// The cached .torrent (announcing to a placeholder) and its info hash.
-    torrent: PathBuf,
-    info_hash: String,
-}
-
-impl Payload {
-    fn prepare(bench_data: &Path) -> Result<Payload> {
-        let name = format!("payload-{SIZE_MB}M-{PIECE_KB}k");
-        let out_dir = bench_data.join(&name);
-        let complete = out_dir.join("complete");
-        if !complete.exists() {
-            println!("generating {name} under {} (once)", out_dir.display());
-            let out = run(
-                Command::new(peers_dir().join("make-torrent.sh"))
-                    .arg(SIZE_MB.to_string())
-                    .arg(PIECE_KB.to_string())
-                    .arg(&out_dir)
-                    .arg(PLACEHOLDER_TRACKER)
-                    .env_remove("SEED"),
-                GENERATE_DEADLINE,
-                "make-torrent.sh",
-            );
-            if !out.status.success() {
-                bail!("make-torrent.sh failed: {out}");
-            }
-            fs::write(&complete, b"")?;
-        }
-        let sums = out_dir.join(format!("{name}.sha1sums"));
-        let sha1 = fs::read_to_string(&sums)?
-            .split_whitespace()
-            .next()
-            .context("empty sha1sums")?
-            .to_string();
-        let data_dir = out_dir.join("data");
-        let file = data_dir.join(&name);
-        Ok(Payload {
-            size_bytes: fs::metadata(&file)?.len(),
-            info_hash: fs::read_to_string(out_dir.join(format!("{name}.infohash")))?
-                .trim()
-                .to_string(),
-            torrent: out_dir.join(format!("{name}.torrent")),
-            name,
-            data_dir,
-            file,
-            sha1,
-            sums,
-        })
-    }
-
-    /// A copy of the .torrent in `dir` that announces to `url` (only the keys outside the
-    /// info dictionary change; the info hash is checked to be the same).
-    fn torrent_announcing(&self, url: &str, dir: &Path) -> Result<PathBuf> {
-        let Value::Dict(mut top) = serde_bencode::from_bytes::<Value>(&fs::read(&self.torrent)?)?
-        else {
-            bail!("{} is not a bencoded dictionary", self.torrent.display());
-        };
-        top.remove(b"announce-list".as_slice());
-        top.insert(b"announce".to_vec(), Value::Bytes(url.as_bytes().to_vec()));
-        let bytes = serde_bencode::to_bytes(&Value::Dict(top))?;
-        let info_hash = Metainfo::from_bytes(&bytes)?.info_hash.to_hex();
-        if info_hash != self.info_hash {
-            bail!(
-                "rewriting the announce URL changed the info hash ({info_hash} != {})",
-                self.info_hash
-            );
-        }
-        let path = dir.join(format!("{}.torrent", self.name));
-        fs::write(&path, bytes)?;
-        Ok(path)
-    }
-}
-
-/// opentracker on 127.0.0.1 through tracker.sh; killed by PID on drop.
-struct Tracker {
-    dir: PathBuf,
-    port: u16,
-    _process: OrphanGuard,
-}
-
-impl Tracker {
-    fn start(dir: &Path) -> Result<Tracker> {
-        let port = free_port(Ipv4Addr::LOCALHOST);
-        let out = run(
-            Command::new(peers_dir().join("tracker.sh"))
-                .arg("start")
-                .arg(dir)
-                .arg(port.to_string())
-                .arg("opentracker"),
-            Duration::from_secs(30),
-            "tracker.sh start",
-        );
-        if !out.status.success() {
-            bail!("tracker.sh start failed: {out}");
-        }
-        let pid = fs::read_to_string(dir.join("tracker.pid"))?
-            .trim()
-            .parse()?;
-        Ok(Tracker {
-            dir: dir.to_path_buf(),
-            port,
-            _process: OrphanGuard {
-                pid,
-                what: "opentracker".into(),
-            },
-        })
-    }
-
-    fn announce_url(&self) -> String {
-        format!("http://127.0.0.1:{}/announce", self.port)
-    }
-
-    /// Debian's opentracker serves whitelisted info hashes only.
-    fn allow(&self, torrent: &Path) -> Result<()> {
-        let out = run(
-            Command::new(peers_dir().join("tracker.sh"))
-                .arg("allow")
-                .arg(&self.dir)
-                .arg(torrent),
-            Duration::from_secs(30),
-            "tracker.sh allow",
-        );
-        if !out.status.success() {
-            bail!("tracker.sh allow failed: {out}");
-        }
-        Ok(())
-    }
-}
-
-/// One real seeding client through seed.sh, on its own loopback IP; killed by PID on drop.
-struct Seeder {
-    client: &'static str,
-    addr: SocketAddr,
-    _process: OrphanGuard,
-}
-
-impl Seeder {
-    fn start(
-        client: &'static str,
-        ip: Ipv4Addr,
-        torrent: &Path,
-        data_dir: &Path,
-        state: &Path,
-    ) -> Result<Seeder> {
-        let port = free_port(ip);
-        let out = run(
-            Command::new(peers_dir().join("seed.sh"))
-                .arg(client)
-                .arg(torrent)
-                .arg(data_dir)
-                .arg(ip.to_string())
-                .arg(port.to_string())
-                .arg(state)
-                .env_remove("LT_ARGS")
-                .env_remove("SEED_CHECK")
-                .env_remove("SEED_NOWAIT"),
-            SEED_START_DEADLINE,
-            "seed.sh",
-        );
-        let pid = out
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("PID ")?.trim().parse().ok());
-        let Some(pid) = pid.filter(|_| out.status.success()) else {
-            bail!("seed.sh {client} failed: {out}");
-        };
-        Ok(Seeder {
-            client,
-            addr: SocketAddr::from((ip, port)),
-            _process: OrphanGuard {
-                pid,
-                what: format!("{client} seeder"),
-            },
-        })
-    }
-}
-
-// ---- the report ----
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Section {
-    Cold,
-    Ttfb,
-    Cached,
-    Memory,
-}
-
-impl Section {
-    const ALL: [Section; 4] = [
-        Section::Cold,
-        Section::Ttfb,
-        Section::Cached,
-        Section::Memory,
-    ];
-
-    fn title(self) -> &'static str {
-        match self {
-            Section::Cold => "1. Cold sequential read of the 1 GiB file (MiB/s)",
-            Section::Ttfb => "2. Time to first byte: 64 KiB at 20 random offsets (ms)",
-            Section::Cached => "3. Cached re-read (MiB/s)",
-            Section::Memory => "4. Peak RSS of the mount",
-        }
-    }
-}
-
-#[derive(Default)]
-struct Report {
-    rows: Vec<(Section, String, String, String)>,
-    /// CPU share that other work used just before the current measurement.
-    background_load: f64,
-}
-
-impl Report {
-    /// Waits (up to `IDLE_WAIT`) until other work leaves both CPUs idle, as the lab's
-    /// `wait_idle` does, and remembers the load it last saw for the rows that follow.
-    fn settle(&mut self) -> Result<()> {
-        let end = Instant::now() + IDLE_WAIT;
-        loop {
-            self.background_load = cpu_busy_share(IDLE_SAMPLE)?;
-            if self.background_load <= IDLE_BUSY_SHARE || Instant::now() >= end {
-                return Ok(());
-            }
-            bail_if_interrupted()?;
-        }
-    }
-
-    fn add(&mut self, section: Section, tool: &str, result: String, mut note: String) {
-        if self.background_load > IDLE_BUSY_SHARE {
-            let _ = write!(
-                note,
-                "; other work used {:.0}% of the CPUs before this run",
-                self.background_load * 100.0
-            );
-        }
-        println!("{}: {tool}: {result} ({note})", section.title());
-        self.rows.push((section, tool.to_string(), result, note));
-    }
-
-    fn to_markdown(&self, machine: &str) -> String {
-        let mut md = format!("# bench_read\n\n{machine}\n");
-        for section in Section::ALL {
-            let _ = write!(
-                md,
-                "\n## {}\n\n| tool | result | note |\n|---|---|---|\n",
-                section.title()
-            );
-            for (_, tool, result, note) in self.rows.iter().filter(|r| r.0 == section) {
-                let _ = writeln!(md, "| {tool} | {result} | {} |", note.replace('|', "\\|"));
-            }
-        }
-        md
-    }
-}
-
-/// The header of the results: what was measured, where, with what.
-fn machine_description(payload: &Payload) -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")?
-                .split_once(':')
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into());
-    let nproc = std::thread::available_parallelism().map_or(0, usize::from);
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let commit = command_line(
-        "git",
-        &[
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "rev-parse",
-            "--short",
-            "HEAD",
-        ],
-    );
-    format!(
-        "- date: {}\n- machine: {nproc} CPUs ({cpu}), kernel {}, all processes on this machine, loopback only\n\
-         - swarmfs: commit {commit}\n\
-         - torrent: {} ({} MiB, {} KiB pieces, info hash {}); opentracker; seeders: {}\n\
-         - command: `cargo run --release --example bench_read`",
-        command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        kernel.trim(),
-        payload.name,
-        SIZE_MB,
-        PIECE_KB,
-        payload.info_hash,
-        SEEDERS
-            .iter()
-            .map(|c| tool_version(c))
-            .collect::<Vec<_>>()
-            .join(", "),
-    )
-}
-
 // ---- small helpers ----
-
-/// The share of all CPUs' time spent busy (not idle or iowait) over `sample`, from /proc/stat.
-fn cpu_busy_share(sample: Duration) -> Result<f64> {
-    fn jiffies() -> Result<(u64, u64)> {
-        let stat = fs::read_to_string("/proc/stat")?;
-        let line = stat.lines().next().context("empty /proc/stat")?;
-        let fields: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        let total: u64 = fields.iter().sum();
-        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-        Ok((total - idle, total))
-    }
-    let (busy0, total0) = jiffies()?;
-    std::thread::sleep(sample);
-    let (busy1, total1) = jiffies()?;
-    Ok((busy1 - busy0) as f64 / (total1 - total0).max(1) as f64)
-}
 
 static NEXT_CLIENT_HOST: std::sync::atomic::AtomicU8 =
     std::sync::atomic::AtomicU8::new(FIRST_CLIENT_HOST);
@@ -975,13 +528,6 @@ static NEXT_CLIENT_HOST: std::sync::atomic::AtomicU8 =
 fn client_ip() -> Ipv4Addr {
     let host = NEXT_CLIENT_HOST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ipv4Addr::new(127, 0, 0, host)
-}
-
-/// The lab scripts the tests use too.
-fn peers_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("peers")
 }
 
 /// `name` on PATH (or in ~/.cargo/bin, where `cargo install` puts it).
@@ -1041,10 +587,9 @@ fn command_line(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-fn last_line(text: &str) -> String {
+fn last_line(text: &str) -> &str {
     text.lines()
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
-        .to_string()
 }
