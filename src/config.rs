@@ -28,13 +28,8 @@ pub fn parse_size(input: &str) -> Result<u64, ConfigError> {
     let bad = || ConfigError::BadSize {
         input: input.to_string(),
     };
-    let trimmed = input.trim();
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let number: f64 = number.parse().map_err(|_| bad())?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let (number, unit) = split_number_unit(input).ok_or_else(bad)?;
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
@@ -49,18 +44,23 @@ pub fn parse_size(input: &str) -> Result<u64, ConfigError> {
     Ok(bytes as u64)
 }
 
-/// Parses `60s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(input: &str) -> Result<Duration, ConfigError> {
-    let bad = || ConfigError::BadDuration {
-        input: input.to_string(),
-    };
+/// Splits `"1.5GiB"` into `(1.5, "GiB")`; `None` when there is no number first.
+fn split_number_unit(input: &str) -> Option<(f64, &str)> {
     let trimmed = input.trim();
     let split = trimmed
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);
-    let number: f64 = number.parse().map_err(|_| bad())?;
-    let secs = match unit.trim() {
+    Some((number.parse().ok()?, unit.trim()))
+}
+
+/// Parses `60s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(input: &str) -> Result<Duration, ConfigError> {
+    let bad = || ConfigError::BadDuration {
+        input: input.to_string(),
+    };
+    let (number, unit) = split_number_unit(input).ok_or_else(bad)?;
+    let secs = match unit {
         "ms" => number / 1000.0,
         "" | "s" => number,
         "m" | "min" => number * 60.0,

@@ -17,7 +17,7 @@ use crate::config::{
     ConfigError, READAHEAD_CEILING_BYTES, READAHEAD_FLOOR_BYTES, parse_duration, parse_size,
 };
 use crate::dht::{self, DhtConfig, DhtNode};
-use crate::engine::{Engine, EngineOptions};
+use crate::engine::{Engine, EngineOptions, tracker_announcer};
 use crate::fs::{ReadPolicy, TorrentFs};
 use crate::fuse::FuseAdapter;
 use crate::layout::Layout;
@@ -26,9 +26,7 @@ use crate::metadata::fetch_metadata;
 use crate::metainfo::{CreateOptions, Metainfo, create_torrent};
 use crate::store::{DiskStore, PieceStore};
 use crate::torrent::{TorrentConfig, TorrentHandle, TorrentStats};
-use crate::tracker::{
-    AnnounceEvent, AnnounceRequest, TrackerClient, TransferStats, run_announce_loop,
-};
+use crate::tracker::TransferStats;
 use crate::types::PeerId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -223,34 +221,22 @@ async fn metainfo_from_magnet(
     let announcer = if tiers.is_empty() {
         None
     } else {
-        let listen = args.peer.listen;
-        let local_ip = (!listen.ip().is_unspecified()).then_some(listen.ip());
-        let client = TrackerClient::new(local_ip)?;
-        let base = AnnounceRequest {
-            info_hash: magnet.info_hash,
-            peer_id: our_id,
-            port: listen.port(),
-            uploaded: 0,
-            downloaded: 0,
-            // The size is not known yet; any non-zero value says we are a leecher.
-            left: 1,
-            event: AnnounceEvent::Started,
-            num_want: 80,
-            tracker_id: None,
-        };
         let stats = || TransferStats {
             uploaded: 0,
             downloaded: 0,
             left: 1,
         };
-        Some(tokio::spawn(run_announce_loop(
-            client,
+        // The size is not known yet; any non-zero `left` says we are a leecher.
+        Some(tokio::spawn(tracker_announcer(
+            args.peer.listen,
+            magnet.info_hash,
+            our_id,
+            1,
             tiers.clone(),
-            base,
             stats,
             peers_tx.clone(),
             shutdown.clone(),
-        )))
+        )?))
     };
     // Lookups only: we do not announce before the engine listens for peers.
     let dht_lookups = dht.map(|node| {

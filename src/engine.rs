@@ -116,19 +116,6 @@ impl Engine {
 
         let tiers: Vec<Vec<String>> = meta.trackers.clone();
         if !tiers.is_empty() {
-            let local_ip = (!listen_addr.ip().is_unspecified()).then_some(listen_addr.ip());
-            let client = TrackerClient::new(local_ip)?;
-            let base = AnnounceRequest {
-                info_hash: meta.info_hash,
-                peer_id: our_id,
-                port: listen_addr.port(),
-                uploaded: 0,
-                downloaded: 0,
-                left: meta.total_length,
-                event: AnnounceEvent::Started,
-                num_want: NUM_WANT,
-                tracker_id: None,
-            };
             let (peers_tx, peers_rx) = mpsc::channel(16);
             let for_stats = Arc::clone(&torrent);
             let seeding = options.torrent.seeding;
@@ -137,8 +124,16 @@ impl Engine {
                 downloaded: crate::torrent::TorrentStats::get(&for_stats.stats.downloaded),
                 left: if seeding { 0 } else { for_stats.left_bytes() },
             };
-            let announce =
-                run_announce_loop(client, tiers, base, stats, peers_tx, shutdown.clone());
+            let announce = tracker_announcer(
+                listen_addr,
+                meta.info_hash,
+                our_id,
+                meta.total_length,
+                tiers,
+                stats,
+                peers_tx,
+                shutdown.clone(),
+            )?;
             tasks.spawn(announce);
             forward_peers(&tasks, peers_rx, Arc::clone(&torrent), PeerSource::Tracker);
         }
@@ -280,4 +275,36 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// The announce loop of one torrent over its tracker tiers, announcing from the listen
+/// address's IP (trackers record the source IP) and its port; peers go to `peers_out`.
+/// `left` is the first announce's; `stats` gives the later ones'.
+#[allow(clippy::too_many_arguments)]
+pub fn tracker_announcer(
+    listen: SocketAddr,
+    info_hash: crate::types::InfoHash,
+    peer_id: PeerId,
+    left: u64,
+    tiers: Vec<Vec<String>>,
+    stats: impl Fn() -> TransferStats + Send + 'static,
+    peers_out: mpsc::Sender<Vec<SocketAddr>>,
+    shutdown: CancellationToken,
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, EngineError> {
+    let local_ip = (!listen.ip().is_unspecified()).then_some(listen.ip());
+    let client = TrackerClient::new(local_ip)?;
+    let base = AnnounceRequest {
+        info_hash,
+        peer_id,
+        port: listen.port(),
+        uploaded: 0,
+        downloaded: 0,
+        left,
+        event: AnnounceEvent::Started,
+        num_want: NUM_WANT,
+        tracker_id: None,
+    };
+    Ok(run_announce_loop(
+        client, tiers, base, stats, peers_out, shutdown,
+    ))
 }
