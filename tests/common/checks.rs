@@ -102,7 +102,7 @@ pub fn session_pieces_fetched(log: &str) -> u64 {
 }
 
 /// `text` without ANSI escape sequences (ESC [ ... final byte).
-fn strip_ansi(text: &str) -> String {
+pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {

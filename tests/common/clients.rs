@@ -196,6 +196,44 @@ impl Seeder {
         port: u16,
         opts: SeedOptions,
     ) -> Seeder {
+        Self::start_inner(client, torrent, datadir, ip, port, opts, &[])
+    }
+
+    /// A python-libtorrent seeder of `payload` from `datadir` on a fresh loopback IP and
+    /// port, with extra `lt-client.py` options (e.g. `--pex`, `--peer IP:PORT`).
+    pub fn spawn_libtorrent(
+        payload: &Payload,
+        datadir: &Path,
+        opts: SeedOptions,
+        lt_args: &[&str],
+    ) -> Seeder {
+        let ip = next_ip();
+        let port = free_port(ip);
+        Self::start_inner(
+            Client::Libtorrent,
+            &payload.torrent,
+            datadir,
+            ip,
+            port,
+            opts,
+            lt_args,
+        )
+    }
+
+    /// `start_with`, plus `lt_args` for lt-client.py (libtorrent only; seed.sh's LT_ARGS).
+    fn start_inner(
+        client: Client,
+        torrent: &Path,
+        datadir: &Path,
+        ip: Ipv4Addr,
+        port: u16,
+        opts: SeedOptions,
+        lt_args: &[&str],
+    ) -> Seeder {
+        assert!(
+            lt_args.is_empty() || client == Client::Libtorrent,
+            "lt-client.py options given to {client:?}"
+        );
         process::become_subreaper();
         let state = tempfile::Builder::new()
             .prefix(&format!("swarmfs-seed-{}-", client.script_name()))
@@ -213,8 +251,17 @@ impl Seeder {
             .env_remove("TR_DEBUG")
             .env("SEED_CHECK", if opts.check { "1" } else { "0" })
             .env("SEED_NOWAIT", if opts.no_wait { "1" } else { "0" });
+        let mut lt_all: Vec<&str> = lt_args.to_vec();
         if opts.lt_status_every_second {
-            cmd.env("LT_ARGS", "--status-every 1");
+            lt_all.extend(["--status-every", "1"]);
+        }
+        if !lt_all.is_empty() {
+            // seed.sh splits LT_ARGS on whitespace: no argument may contain any.
+            assert!(
+                lt_all.iter().all(|a| !a.contains(char::is_whitespace)),
+                "{lt_all:?}"
+            );
+            cmd.env("LT_ARGS", lt_all.join(" "));
         }
         let what = format!("seed.sh {} on {ip}:{port}", client.script_name());
         let out = run(&mut cmd, SEED_START_DEADLINE, &what);

@@ -2,6 +2,7 @@
 //! "mounted" (seen in /proc/self/mountinfo) to "gone" (process reaped, mount removed),
 //! panics included.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::thread::sleep;
@@ -42,9 +43,66 @@ pub struct MountGuard {
 
 impl MountGuard {
     /// Runs `swarmfs mount ARGS... TORRENT MNT` (stdout and stderr to `log()`) and waits
-    /// until MNT is mounted. Unless `args` has a `--listen`, one on a fresh loopback
-    /// address is added, so that parallel mounts never share a port.
-    pub fn mount(torrent: &Path, args: &[&str]) -> MountGuard {
+    /// until MNT is mounted. TORRENT is a .torrent path or a magnet link. Unless `args`
+    /// has a `--listen`, one on a fresh loopback address is added, so that parallel mounts
+    /// never share a port.
+    pub fn mount(torrent: impl AsRef<OsStr>, args: &[&str]) -> MountGuard {
+        Self::mount_with_env(torrent, args, &[])
+    }
+
+    /// `mount` with extra environment variables for swarmfs, e.g. `("RUST_LOG", ...)`
+    /// when a test reads debug lines whatever the caller's own RUST_LOG says.
+    pub fn mount_with_env(
+        torrent: impl AsRef<OsStr>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> MountGuard {
+        let (guard, what) = Self::spawn(torrent.as_ref(), args, env);
+        guard.wait_mounted(&what)
+    }
+
+    /// Runs `swarmfs mount` expecting it to give up before mounting: waits up to `limit`
+    /// for it to exit, and panics if it mounts or is still running then. Returns its
+    /// exit status and everything it wrote.
+    pub fn mount_fails(
+        torrent: impl AsRef<OsStr>,
+        args: &[&str],
+        limit: Duration,
+    ) -> (ExitStatus, String) {
+        let (mut guard, what) = Self::spawn(torrent.as_ref(), args, &[]);
+        let end = Instant::now() + limit;
+        loop {
+            assert!(
+                !guard.is_mounted(),
+                "swarmfs mounted, but it should have failed\ncommand: {what}\n--- swarmfs log ---\n{}",
+                tail(&guard.log_path, LOG_TAIL_LINES)
+            );
+            let exited = guard
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                guard.child = None;
+                assert!(
+                    !guard.is_mounted(),
+                    "swarmfs exited ({status}) and left {} mounted",
+                    guard.mnt.display()
+                );
+                return (status, guard.log());
+            }
+            assert!(
+                Instant::now() < end,
+                "swarmfs still running after {limit:?}, but it should have failed\n\
+                 command: {what}\n--- swarmfs log ---\n{}",
+                tail(&guard.log_path, LOG_TAIL_LINES)
+            );
+            sleep(POLL);
+        }
+    }
+
+    /// Starts `swarmfs mount` on a fresh temporary mount point, without waiting; returns
+    /// the guard and the command line (for messages).
+    fn spawn(torrent: &OsStr, args: &[&str], env: &[(&str, &str)]) -> (MountGuard, String) {
         assert!(
             fuse_available("MountGuard::mount"),
             "/dev/fuse is missing and {SKIP_FUSE_ENV}=1: wrap the test in harness::fuse_test, which skips it"
@@ -65,6 +123,7 @@ impl MountGuard {
             cmd.arg("--listen").arg(fresh_addr());
         }
         cmd.arg(torrent).arg(&mnt);
+        cmd.envs(env.iter().copied());
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
@@ -80,7 +139,7 @@ impl MountGuard {
             mnt,
             log_path,
         };
-        guard.wait_mounted(&format!("{cmd:?}"))
+        (guard, format!("{cmd:?}"))
     }
 
     fn wait_mounted(mut self, what: &str) -> MountGuard {

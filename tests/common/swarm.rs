@@ -3,8 +3,10 @@
 //! broken or hostile), on its own 127.0.0.x address and its own tokio runtime thread, so
 //! that synchronous tests can start several and point a mount at them with `--peer`.
 //!
-//! A seeder speaks plain BEP 3 (no Fast, no extension protocol): bitfield, unchoke on
-//! interest, one Piece per Request in order, Cancel honoured. Dropping a `TestSeeder`
+//! A seeder speaks BEP 3 (no Fast): bitfield, unchoke on interest, one Piece per Request
+//! in order, Cancel honoured; and the extension protocol (BEP 10) far enough to serve the
+//! torrent's metadata (BEP 9), so that it can answer a magnet link. The metadata
+//! behaviours lie there and only there: their blocks are honest. Dropping a `TestSeeder`
 //! stops it: its runtime, listener and connections go with its thread.
 
 use std::collections::VecDeque;
@@ -18,8 +20,10 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use swarmfs::metainfo::Metainfo;
 use swarmfs::types::{InfoHash, PeerId};
+use swarmfs::wire::metadata::{METADATA_PIECE_LEN, MetadataMessage};
 use swarmfs::wire::{
-    BlockRequest, Handshake, Message, MessageCodec, read_handshake, write_handshake,
+    BlockRequest, ExtendedHandshake, Handshake, Message, MessageCodec, read_handshake,
+    write_handshake,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -43,6 +47,18 @@ const UNSOLICITED_PAUSE: Duration = Duration::from_millis(2);
 
 /// Largest block a seeder serves (BEP 3's 16 KiB, as swarmfs requests).
 const MAX_BLOCK: u32 = 16 * 1024;
+
+/// The id our extended handshake gives ut_metadata: not swarmfs's own (1), so that a mix-up
+/// of our id and theirs shows.
+const SEEDER_UT_METADATA_ID: u8 = 3;
+
+/// `LiesAboutMetadataSize` announces this many bytes more than the real info dictionary:
+/// one 16 KiB metadata piece more, so its assembly differs from the honest one in size
+/// and in piece count.
+const METADATA_SIZE_LIE: usize = METADATA_PIECE_LEN + 100;
+
+/// What `OversizedMetadata` announces: 1 GiB, far past any sane info dictionary.
+pub const OVERSIZED_METADATA: u64 = 1 << 30;
 
 /// Which pieces a `Corrupting` seeder damages.
 #[derive(Clone, Debug)]
@@ -80,6 +96,20 @@ pub enum Behaviour {
     Slow(Duration),
     /// Honest for this many blocks per connection, then drops the connection.
     Disconnecting { after_blocks: u64 },
+    /// Metadata: announces a size `METADATA_SIZE_LIE` bytes too big and serves that many
+    /// bytes of garbage.
+    LiesAboutMetadataSize,
+    /// Metadata: announces the right size and serves it with one byte flipped in every
+    /// 16 KiB metadata piece.
+    BadMetadata,
+    /// `BadMetadata`, holding back its answers until this long after the first request:
+    /// the pieces it was asked for stay its own while an honest peer sends the rest.
+    SlowBadMetadata(Duration),
+    /// Metadata: announces `OVERSIZED_METADATA` bytes and rejects every request.
+    OversizedMetadata,
+    /// Honest, but sends its extended handshake (which carries the metadata size) only
+    /// after this long: a liar beside it is asked first, deterministically.
+    SlowMetadata(Duration),
 }
 
 /// One seeder: its address, its counter, and the thread that runs it until drop.
@@ -98,6 +128,9 @@ struct Shared {
     piece_len: u32,
     /// The whole torrent, files concatenated in torrent order.
     data: Bytes,
+    /// The metadata (BEP 9) this seeder serves: the info dictionary, or the behaviour's
+    /// version of it.
+    metadata: Bytes,
     piece_count: u32,
     served: Arc<AtomicU64>,
 }
@@ -124,6 +157,7 @@ impl TestSeeder {
         let served = Arc::new(AtomicU64::new(0));
         let mut peer_id = *b"-TS0001-000000000000";
         peer_id[8..].copy_from_slice(format!("{:012}", addr.port()).as_bytes());
+        let metadata = metadata_for(&behaviour, &meta.info_bytes);
         let shared = Arc::new(Shared {
             behaviour,
             info_hash: meta.info_hash,
@@ -131,6 +165,7 @@ impl TestSeeder {
             piece_len: meta.piece_length,
             piece_count: meta.piece_count(),
             data: Bytes::from(data),
+            metadata,
             served: Arc::clone(&served),
         });
         let stop = CancellationToken::new();
@@ -201,9 +236,11 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
     if theirs.info_hash != shared.info_hash {
         return;
     }
-    // Reserved bits all zero: plain BEP 3, so no Reject, HaveAll or extension messages.
+    // Only the extension-protocol bit (BEP 10): no Fast, so no Reject or HaveAll.
+    let mut reserved = [0u8; 8];
+    reserved[5] |= 0x10;
     let ours = Handshake {
-        reserved: [0; 8],
+        reserved,
         info_hash: shared.info_hash,
         peer_id: shared.peer_id,
     };
@@ -250,9 +287,23 @@ async fn serve_messages(stream: TcpStream, shared: &Shared) -> anyhow::Result<()
     let mut next_block_at = Instant::now();
     let mut unchoked = false;
     let mut served_here = 0u64;
+    let extended_handshake_at = Instant::now()
+        + match shared.behaviour {
+            Behaviour::SlowMetadata(delay) => delay,
+            _ => Duration::ZERO,
+        };
+    let mut extended_handshake_sent = false;
+    // Their ut_metadata id, from their extended handshake.
+    let mut their_metadata_id: Option<u8> = None;
+    // SlowBadMetadata: no metadata answer before this (set at the first request).
+    let mut metadata_answers_from: Option<Instant> = None;
     loop {
         let ready = !queue.is_empty();
         tokio::select! {
+            () = sleep_until(extended_handshake_at), if !extended_handshake_sent => {
+                extended_handshake_sent = true;
+                outgoing.send(&shared.extended_handshake()).await?;
+            }
             message = incoming.next() => {
                 let Some(message) = message else { return Ok(()) };
                 match message? {
@@ -267,6 +318,26 @@ async fn serve_messages(stream: TcpStream, shared: &Shared) -> anyhow::Result<()
                         queue.push_back(request);
                     }
                     Message::Cancel(request) => queue.retain(|r| *r != request),
+                    Message::Extended { id: 0, payload } => {
+                        their_metadata_id = ExtendedHandshake::parse(&payload)?
+                            .extension_id("ut_metadata");
+                    }
+                    Message::Extended { id: SEEDER_UT_METADATA_ID, payload } => {
+                        if let (Some(id), MetadataMessage::Request { piece }) =
+                            (their_metadata_id, MetadataMessage::parse(&payload)?)
+                        {
+                            if let Behaviour::SlowBadMetadata(delay) = shared.behaviour {
+                                sleep_until(
+                                    *metadata_answers_from.get_or_insert_with(|| Instant::now() + delay),
+                                )
+                                .await;
+                            }
+                            let reply = shared.metadata_reply(piece);
+                            outgoing
+                                .send(&Message::Extended { id, payload: reply.to_bytes() })
+                                .await?;
+                        }
+                    }
                     Message::Have { piece } if matches!(shared.behaviour, Behaviour::Unsolicited) => {
                         for ahead in 1..=UNSOLICITED_AHEAD {
                             for block in shared.poisoned_blocks(piece.saturating_add(ahead)) {
@@ -297,6 +368,36 @@ async fn serve_messages(stream: TcpStream, shared: &Shared) -> anyhow::Result<()
 }
 
 impl Shared {
+    /// Our BEP 10 handshake: ut_metadata, and the metadata size the behaviour announces.
+    fn extended_handshake(&self) -> Message {
+        let mut hs = ExtendedHandshake::default();
+        hs.m.insert("ut_metadata".into(), i64::from(SEEDER_UT_METADATA_ID));
+        hs.metadata_size = Some(match self.behaviour {
+            Behaviour::OversizedMetadata => OVERSIZED_METADATA,
+            _ => self.metadata.len() as u64,
+        });
+        hs.v = Some("swarmfs-test-seeder".into());
+        Message::Extended {
+            id: 0,
+            payload: hs.to_bytes().into(),
+        }
+    }
+
+    /// The answer to a request for metadata piece `piece`: its bytes, or a reject past the
+    /// end (and always for `OversizedMetadata`, which has nothing behind its claim).
+    fn metadata_reply(&self, piece: u32) -> MetadataMessage {
+        let start = (piece as usize).saturating_mul(METADATA_PIECE_LEN);
+        if matches!(self.behaviour, Behaviour::OversizedMetadata) || start >= self.metadata.len() {
+            return MetadataMessage::Reject { piece };
+        }
+        let end = (start + METADATA_PIECE_LEN).min(self.metadata.len());
+        MetadataMessage::Data {
+            piece,
+            total_size: self.metadata.len() as u64,
+            data: self.metadata.slice(start..end),
+        }
+    }
+
     fn bitfield(&self, all: bool) -> Message {
         let mut bits = vec![0u8; (self.piece_count as usize).div_ceil(8)];
         if all {
@@ -345,6 +446,28 @@ impl Shared {
                 piece_message(request, &self.data[start..start + length as usize], true)
             })
             .collect()
+    }
+}
+
+/// The metadata a seeder with `behaviour` serves in place of the real `info` bytes.
+fn metadata_for(behaviour: &Behaviour, info: &Bytes) -> Bytes {
+    match behaviour {
+        Behaviour::LiesAboutMetadataSize => {
+            // Garbage that still starts like a dictionary: deterministic, never the info.
+            let mut lie = b"d4:name".to_vec();
+            lie.resize(info.len() + METADATA_SIZE_LIE, b'x');
+            lie.into()
+        }
+        Behaviour::BadMetadata | Behaviour::SlowBadMetadata(_) => {
+            let mut bad = info.to_vec();
+            for piece_start in (0..bad.len()).step_by(METADATA_PIECE_LEN) {
+                // The middle of each piece: a flipped byte of a hash, most likely.
+                let at = piece_start + (bad.len() - piece_start).min(METADATA_PIECE_LEN) / 2;
+                bad[at] ^= 0xff;
+            }
+            bad.into()
+        }
+        _ => info.clone(),
     }
 }
 
