@@ -110,6 +110,8 @@ fn run() -> Result<()> {
     let mut seeder = OwnedChild::spawn(
         Command::new(&swarmfs)
             .arg("seed")
+            // A loopback demo: no DHT, so nothing but 127.0.0.1 is ever contacted.
+            .arg("--no-dht")
             .arg(&torrent)
             .arg(&data_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])

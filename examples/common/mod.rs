@@ -293,7 +293,8 @@ impl Mount {
     pub fn start(swarmfs: &Path, torrent: &Path, args: &[String]) -> Result<Mount> {
         Mount::spawn("swarmfs mount", |mnt| {
             let mut cmd = Command::new(swarmfs);
-            cmd.arg("mount").args(args).arg(torrent).arg(mnt);
+            // Loopback only: the examples never let swarmfs contact the public DHT.
+            cmd.arg("mount").arg("--no-dht").args(args).arg(torrent).arg(mnt);
             if std::env::var_os("RUST_LOG").is_none() {
                 cmd.env("RUST_LOG", "warn");
             }
