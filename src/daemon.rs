@@ -118,12 +118,15 @@ pub async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     let meta = match file_meta {
         Some(meta) => meta,
         None => {
-            let Some((meta, magnet_peers)) = metainfo_from_magnet(&args, dht.as_ref()).await?
+            let Some((meta, magnet_peers, banned)) =
+                metainfo_from_magnet(&args, dht.as_ref()).await?
             else {
                 stop_dht(dht).await;
                 return Ok(());
             };
             options.peers.extend(magnet_peers);
+            // Peers that lied about the metadata are not trusted with the data either.
+            options.peers.retain(|addr| !banned.contains(addr));
             meta
         }
     };
@@ -188,11 +191,12 @@ pub async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
 
 /// Fetches the metadata a magnet link names from its peers (BEP 9), saying on stderr what
 /// it waits for. Peers come from the magnet (`x.pe`), `--peer`, its trackers and the DHT.
-/// Returns the metainfo and the magnet's own peers; `None` when interrupted first.
+/// Returns the metainfo, the magnet's own peers, and the peers caught lying about the
+/// metadata; `None` when interrupted first.
 async fn metainfo_from_magnet(
     args: &MountArgs,
     dht: Option<&DhtNode>,
-) -> anyhow::Result<Option<(Arc<Metainfo>, Vec<SocketAddr>)>> {
+) -> anyhow::Result<Option<(Arc<Metainfo>, Vec<SocketAddr>, Vec<SocketAddr>)>> {
     let magnet = Magnet::parse(&args.torrent)?;
     let limit = parse_duration(&args.metadata_timeout)?;
     let magnet_peers = magnet.peers.clone();
@@ -266,12 +270,12 @@ async fn metainfo_from_magnet(
         // It stops at the token; a lookup in flight is abandoned, not awaited.
         let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
     }
-    let Some(info) = outcome.transpose()? else {
+    let Some(fetched) = outcome.transpose()? else {
         return Ok(None);
     };
-    let meta = Metainfo::from_info_bytes(&info, tiers)
+    let meta = Metainfo::from_info_bytes(&fetched.info, tiers)
         .context("the metadata peers sent is not a valid info dictionary")?;
-    Ok(Some((Arc::new(meta), magnet_peers)))
+    Ok(Some((Arc::new(meta), magnet_peers, fetched.banned)))
 }
 
 /// `swarmfs seed`.

@@ -229,11 +229,12 @@ async fn bind_listener(addr: SocketAddr) -> Result<TcpListener, EngineError> {
 }
 
 /// Addresses that reach our own listener, so we never dial ourselves from a tracker list.
+/// The listen address itself comes first (the actor binds its dials to its IP).
 fn own_addresses(listen: SocketAddr) -> Vec<SocketAddr> {
     if listen.ip().is_unspecified() {
         vec![
+            listen,
             SocketAddr::new(IpAddr::from([127, 0, 0, 1]), listen.port()),
-            SocketAddr::new(IpAddr::from([0, 0, 0, 0]), listen.port()),
         ]
     } else {
         vec![listen]

@@ -80,7 +80,10 @@ struct Assembly {
 
 #[derive(Default)]
 struct Shared {
-    by_size: HashMap<u64, Assembly>,
+    /// Assemblies by announced size; for a size whose shared assembly failed its hash,
+    /// one per peer (solo), so the peer whose own copy fails is the one banned.
+    by_size: HashMap<(u64, Option<SocketAddr>), Assembly>,
+    solo_sizes: HashSet<u64>,
     banned: HashSet<SocketAddr>,
     result: Option<Bytes>,
 }
@@ -92,10 +95,24 @@ struct Fetch {
     done: Notify,
 }
 
+impl Shared {
+    fn key(&self, size: u64, addr: SocketAddr) -> (u64, Option<SocketAddr>) {
+        (size, self.solo_sizes.contains(&size).then_some(addr))
+    }
+}
+
 impl Fetch {
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The verified info dictionary, and the peers caught lying on the way (the engine must
+/// not use them either).
+#[derive(Debug)]
+pub struct FetchedMetadata {
+    pub info: Bytes,
+    pub banned: Vec<SocketAddr>,
 }
 
 /// Fetches the info dictionary of `info_hash` from the peers `peers` delivers, verifying
@@ -106,7 +123,7 @@ pub async fn fetch_metadata(
     mut peers: mpsc::Receiver<Vec<SocketAddr>>,
     limit: Duration,
     shutdown: CancellationToken,
-) -> Result<Bytes, MetadataError> {
+) -> Result<FetchedMetadata, MetadataError> {
     let fetch = Arc::new(Fetch {
         info_hash,
         our_id,
@@ -127,18 +144,33 @@ pub async fn fetch_metadata(
             tasks.spawn(async move {
                 match fetch_from_peer(&fetch, addr).await {
                     Ok(()) => debug!(%addr, "metadata peer done"),
-                    Err(err) => debug!(%addr, "metadata peer: {err}"),
+                    Err(err) => {
+                        debug!(%addr, "metadata peer: {err}");
+                        if matches!(
+                            err,
+                            PeerFetchError::BadSize(_) | PeerFetchError::WrongTorrent
+                        ) {
+                            fetch.lock().banned.insert(addr);
+                        }
+                    }
                 }
             });
         }
-        if let Some(info) = fetch.lock().result.clone() {
+        let finished = {
+            let shared = fetch.lock();
+            shared
+                .result
+                .clone()
+                .map(|info| (info, shared.banned.iter().copied().collect::<Vec<_>>()))
+        };
+        if let Some((info, banned)) = finished {
             tasks.abort_all();
             info!(
                 bytes = info.len(),
                 secs = format!("{:.2}", started.elapsed().as_secs_f64()),
                 "metadata received"
             );
-            return Ok(info);
+            return Ok(FetchedMetadata { info, banned });
         }
         tokio::select! {
             () = shutdown.cancelled() => return Err(MetadataError::ShuttingDown),
@@ -230,7 +262,8 @@ async fn fetch_from_peer(fetch: &Fetch, addr: SocketAddr) -> Result<(), PeerFetc
     .await;
     // Whatever happened, give back what we claimed so other peers can ask for it.
     let mut shared = fetch.lock();
-    if let Some(assembly) = shared.by_size.get_mut(&size) {
+    let key = shared.key(size, addr);
+    if let Some(assembly) = shared.by_size.get_mut(&key) {
         for piece in mine {
             if let Some(c) = assembly.claimed.get_mut(piece as usize) {
                 *c = false;
@@ -260,7 +293,8 @@ async fn exchange(
             if shared.result.is_some() || shared.banned.contains(&addr) {
                 return Ok(());
             }
-            let assembly = shared.by_size.entry(size).or_insert_with(|| Assembly {
+            let key = shared.key(size, addr);
+            let assembly = shared.by_size.entry(key).or_insert_with(|| Assembly {
                 pieces: vec![None; piece_count],
                 claimed: vec![false; piece_count],
                 contributors: HashSet::new(),
@@ -347,7 +381,8 @@ fn expected_piece_len(size: u64, piece: u32, piece_count: usize) -> Option<usize
 
 fn store_piece(fetch: &Fetch, addr: SocketAddr, size: u64, piece: u32, data: Bytes) {
     let mut shared = fetch.lock();
-    let Some(assembly) = shared.by_size.get_mut(&size) else {
+    let key = shared.key(size, addr);
+    let Some(assembly) = shared.by_size.get_mut(&key) else {
         return;
     };
     if let Some(slot) = assembly.pieces.get_mut(piece as usize) {
@@ -368,10 +403,17 @@ fn store_piece(fetch: &Fetch, addr: SocketAddr, size: u64, piece: u32, data: Byt
     if hash == fetch.info_hash.0 {
         shared.result = Some(info.into());
     } else {
-        let liars = std::mem::take(&mut assembly.contributors);
-        tracing::warn!(peers = ?liars, size, "metadata failed its info-hash check; banning its senders");
-        shared.by_size.remove(&size);
-        shared.banned.extend(liars);
+        let senders = std::mem::take(&mut assembly.contributors);
+        shared.by_size.remove(&key);
+        if senders.len() == 1 {
+            tracing::warn!(peers = ?senders, size, "metadata failed its info-hash check; banning its sender");
+            shared.banned.extend(senders);
+        } else {
+            // Several peers shared in it: each now fetches a copy of its own, and only a
+            // peer whose own copy fails is banned.
+            tracing::warn!(peers = ?senders, size, "metadata failed its info-hash check; asking each sender for a whole copy");
+            shared.solo_sizes.insert(size);
+        }
     }
     drop(shared);
     fetch.done.notify_one();

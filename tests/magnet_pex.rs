@@ -55,7 +55,7 @@ const METADATA_FAILURE_BOUND: Duration = Duration::from_secs(60);
 const DEBUG_LOG_ENV: [(&str, &str); 2] = [("RUST_LOG", "info,swarmfs=debug"), ("NO_COLOR", "1")];
 
 /// The line swarmfs logs when an assembled info dictionary fails the info hash.
-const METADATA_BAN: &str = "metadata failed its info-hash check; banning its senders";
+const METADATA_BAN: &str = "metadata failed its info-hash check; banning its sender";
 
 /// `magnet:?xt=urn:btih:HASH&dn=NAME`, plus a `tr=` per tracker and an `x.pe=` per peer.
 fn magnet(payload: &Payload, trackers: &[String], peers: &[SocketAddr]) -> String {
@@ -268,8 +268,6 @@ const LIAR_ANSWER_DELAY: Duration = Duration::from_secs(4);
 /// assembly mixes both, fails the hash, and then the honest peer must not pay for the
 /// liar's bytes: the mount must still come up and read correctly.
 #[test]
-#[ignore = "engine bug (src/metadata.rs store_piece): a mixed assembly that fails the hash bans \
-            every contributor, the honest peer included, and the fetch then times out"]
 fn magnet_survives_bad_metadata_mixed_with_honest_pieces() {
     fuse_test(
         "magnet_survives_bad_metadata_mixed_with_honest_pieces",

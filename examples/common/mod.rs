@@ -294,7 +294,11 @@ impl Mount {
         Mount::spawn("swarmfs mount", |mnt| {
             let mut cmd = Command::new(swarmfs);
             // Loopback only: the examples never let swarmfs contact the public DHT.
-            cmd.arg("mount").arg("--no-dht").args(args).arg(torrent).arg(mnt);
+            cmd.arg("mount")
+                .arg("--no-dht")
+                .args(args)
+                .arg(torrent)
+                .arg(mnt);
             if std::env::var_os("RUST_LOG").is_none() {
                 cmd.env("RUST_LOG", "warn");
             }

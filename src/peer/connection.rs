@@ -1,15 +1,15 @@
 //! Connection setup and the read and write loops of one peer.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -57,6 +57,9 @@ pub struct PeerContext {
     pub upload_limit: Option<Arc<RateLimiter>>,
     /// Our BEP 10 extended handshake, sent to peers that support extensions.
     pub ext_handshake: Bytes,
+    /// The IP we listen on, when it is a specific one: our dials leave from it too, so
+    /// peers (and their PEX) see the address that accepts connections.
+    pub bind_ip: Option<IpAddr>,
 }
 
 /// Dials `addr`, shakes hands and runs the connection until it ends.
@@ -66,7 +69,7 @@ pub async fn connect_outgoing(
     addr: SocketAddr,
 ) -> Result<(), PeerError> {
     let result = async {
-        let stream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        let stream = match timeout(CONNECT_TIMEOUT, dial(addr, ctx.bind_ip)).await {
             Err(_) => return Err(PeerError::ConnectTimeout { addr }),
             Ok(Err(source)) => return Err(PeerError::Connect { addr, source }),
             Ok(Ok(stream)) => stream,
@@ -106,6 +109,19 @@ pub async fn connect_outgoing(
             Err(err)
         }
     }
+}
+
+/// Connects to `addr`, from `bind_ip` when it is given and of the same family.
+async fn dial(addr: SocketAddr, bind_ip: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = bind_ip.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(addr).await
 }
 
 /// Runs a connection a peer opened to us, whose handshake the listener already read.

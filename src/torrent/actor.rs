@@ -223,6 +223,10 @@ pub fn spawn_torrent(
             .upload_rate
             .map(|rate| Arc::new(RateLimiter::new(rate))),
         ext_handshake: our_extended_handshake(&meta, own_addrs.first().map_or(0, SocketAddr::port)),
+        bind_ip: own_addrs
+            .first()
+            .map(SocketAddr::ip)
+            .filter(|ip| !ip.is_unspecified()),
     };
     let now = Instant::now();
     let held = vec![false; layout.piece_count() as usize];
