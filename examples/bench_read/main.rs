@@ -28,7 +28,7 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -110,6 +110,7 @@ fn run_bench() -> Result<()> {
         work: work.path(),
     };
     bench.cold_and_cached_swarmfs(&mut report, &mut failures)?;
+    bench.cold_cat_swarmfs(&mut report)?;
     bench.downloads(&mut report)?;
     bench.btfs(&mut report)?;
     bench.ttfb_swarmfs(&mut report, &mut failures)?;
@@ -144,6 +145,41 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
+    /// Section 1 as most programs read: `cat FILE >/dev/null` on a fresh mount. cat
+    /// (like cp) asks for POSIX_FADV_SEQUENTIAL, which doubles the kernel's read-ahead,
+    /// and reads 128 KiB at a time; the bytes are checked in the run above, not here.
+    fn cold_cat_swarmfs(&self, report: &mut Report) -> Result<()> {
+        report.settle()?;
+        let cache = CACHE_SIZES[0];
+        let tool = format!("swarmfs mount, --cache-size {cache}, `cat FILE >/dev/null`");
+        let mount = self.mount_swarmfs(cache)?;
+        let started = Instant::now();
+        let mut cat = Command::new("cat")
+            .arg(mount.path().join(&self.payload.name))
+            .stdout(Stdio::null())
+            .spawn()?;
+        let status = process::wait_child(&mut cat, DOWNLOAD_DEADLINE);
+        let took = started.elapsed();
+        if status.is_none() {
+            let _ = cat.kill();
+            let _ = cat.wait();
+        }
+        if status.is_some_and(|s| s.success()) {
+            report.add(
+                Section::Cold,
+                &tool,
+                format!("{:.0} MiB/s", mib_per_s(self.payload.size_bytes, took)),
+                format!(
+                    "{:.1} s; cat fadvises SEQUENTIAL and reads 128 KiB",
+                    took.as_secs_f64()
+                ),
+            );
+        } else {
+            report.failed(Section::Cold, &tool, &format!("cat: {status:?}"));
+        }
+        mount.stop()
+    }
+
     /// Sections 1, 3 and 4 for swarmfs: a cold SHA-1 of the whole file through a fresh
     /// mount per cache size; with the larger cache, then the cached re-reads; VmHWM just
     /// before each unmount.
