@@ -150,15 +150,18 @@ pub async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         piece_length = meta.piece_length,
         "torrent"
     );
-    let cache = SharedCache::new(cache_bytes);
+    // `--cache-size` bounds all piece data: the verified pieces in the cache plus the
+    // pieces being assembled, which the read-ahead window bounds.
+    let readahead_ceiling = READAHEAD_CEILING_BYTES
+        .min(cache_bytes / 4)
+        .max(READAHEAD_FLOOR_BYTES);
+    let cache = SharedCache::new(cache_bytes.saturating_sub(readahead_ceiling));
     let store = Arc::new(PieceStore::Cache(Arc::clone(&cache)));
     let engine = Engine::start(Arc::clone(&meta), cache, store, options).await?;
     let policy = ReadPolicy {
         read_timeout,
         readahead_floor_bytes: READAHEAD_FLOOR_BYTES,
-        readahead_ceiling_bytes: READAHEAD_CEILING_BYTES
-            .min(cache_bytes / 4)
-            .max(READAHEAD_FLOOR_BYTES),
+        readahead_ceiling_bytes: readahead_ceiling,
     };
     let fs = Arc::new(TorrentFs::new(Arc::clone(&engine.torrent), policy));
     let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current());

@@ -147,6 +147,8 @@ pub async fn accept_incoming(
 enum UploadItem {
     Request(BlockRequest),
     Cancel(BlockRequest),
+    /// A request that did not fit the queue: reject it (Fast extension peers only).
+    Refuse(BlockRequest),
 }
 
 async fn run_session(
@@ -232,8 +234,17 @@ async fn read_loop(
             Message::Request(request) => {
                 // A full queue means the peer asks faster than it reads: refuse the excess
                 // (with the Fast extension it learns so at once; without, it times out).
-                if uploads.try_send(UploadItem::Request(request)).is_err() && fast {
-                    let _ = uploads.send(UploadItem::Cancel(request)).await;
+                // A full queue means the peer asks faster than it reads. With the Fast
+                // extension it is told at once (Reject); without, reading from it waits
+                // until the queue drains, which slows a flood to what we serve.
+                match uploads.try_send(UploadItem::Request(request)) {
+                    Ok(()) => {}
+                    Err(_) if fast => {
+                        let _ = uploads.send(UploadItem::Refuse(request)).await;
+                    }
+                    Err(_) => {
+                        let _ = uploads.send(UploadItem::Request(request)).await;
+                    }
                 }
             }
             Message::Cancel(request) => {
@@ -351,12 +362,9 @@ async fn write_loop(
             item = uploads.recv() => {
                 match item {
                     None => return Err(PeerError::Eof { addr }),
-                    Some(UploadItem::Cancel(request)) => {
-                        let before = queue.len();
-                        queue.retain(|r| *r != request);
-                        if fast && queue.len() == before && before >= MAX_QUEUED_UPLOADS {
-                            frames.feed(Message::Reject(request)).await.map_err(wire)?;
-                        }
+                    Some(UploadItem::Cancel(request)) => queue.retain(|r| *r != request),
+                    Some(UploadItem::Refuse(request)) => {
+                        frames.feed(Message::Reject(request)).await.map_err(wire)?;
                     }
                     Some(UploadItem::Request(request)) => {
                         match validate_request(ctx, &request, am_choking) {

@@ -51,7 +51,7 @@ const SNUB_AFTER: Duration = Duration::from_secs(60);
 /// have silently dropped it, as non-Fast peers do on choke).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Endgame: a block of a demanded piece outstanding this long may be asked of a second peer.
-const ENDGAME_MIN_AGE: Duration = Duration::from_millis(300);
+const ENDGAME_MIN_AGE: Duration = Duration::from_millis(100);
 /// Requests in flight per peer: enough for `QUEUE_HORIZON` of its measured rate, within
 /// these bounds. 512 × 16 KiB = 8 MiB, which keeps 1 GiB/s flowing at 8 ms of latency.
 const MIN_QUEUE_DEPTH: usize = 32;
@@ -1095,7 +1095,8 @@ impl Actor {
         }
         // Demanded blocks may use the extra depth; read-ahead only the base depth.
         let mut queued = slot.inflight.len();
-        let demand_limit = slot.queue_depth + DEMAND_EXTRA_DEPTH;
+        // Never beyond what the peer said it queues (its `reqq`): excess is rejected.
+        let demand_limit = (slot.queue_depth + DEMAND_EXTRA_DEPTH).min(slot.max_queue_depth);
         let readahead_limit = slot.queue_depth;
         for &(piece, urgency) in &self.wanted {
             let limit = match urgency {
