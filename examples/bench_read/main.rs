@@ -11,15 +11,20 @@
 //! 2. time to first byte of 64 KiB at 20 random offsets on a fresh mount (swarmfs, btfs),
 //!    next to the time one seeder takes to send one whole piece over the wire;
 //! 3. cached re-read MiB/s, next to reading the same bytes from /dev/shm;
-//! 4. peak RSS (VmHWM) of the mount next to its `--cache-size`.
+//! 4. peak RSS (VmHWM) of the mount next to its `--cache-size`;
+//! 5. `ffmpeg -ss T` seeks at 5 positions and mpv's start-up to the first frame in the
+//!    moov-at-end MP4 of the media corpus (`tests/media/gen-media.sh`), each on a fresh
+//!    mount of one `swarmfs seed`, next to the same commands on the original file.
 //!
 //! Prints a markdown table and writes it with the machine's description to
-//! `target/bench-results/<date>.md`. Everything runs on loopback; everything it starts it
-//! stops by PID, errors and Ctrl-C included. A tool that is missing is listed as
-//! "not installed"; one that fails is listed with its error, and the run goes on.
+//! `target/bench-results/<date>.md`, and section 1 as a bar chart to `<date>.svg`.
+//! Everything runs on loopback; everything it starts it stops by PID, errors and Ctrl-C
+//! included. A tool that is missing is listed as "not installed"; one that fails is
+//! listed with its error, and the run goes on.
 
 #[path = "../common/mod.rs"]
 mod common;
+mod media;
 mod report;
 mod swarm;
 mod wire;
@@ -118,12 +123,26 @@ fn run_bench() -> Result<()> {
     bench.dev_shm(&mut report)?;
     drop(seeders);
     drop(tracker);
+    if let Err(err) = media::seek_section(&swarmfs, &target, work.path(), &mut report) {
+        bail_if_interrupted()?;
+        report.failed(
+            Section::Seek,
+            "media corpus and seeder",
+            &format!("{err:#}"),
+        );
+    }
 
-    let markdown = report.to_markdown(&machine_description(&payload));
-    println!("\n{markdown}");
     let results = target.join("bench-results");
     fs::create_dir_all(&results)?;
     let file = results.join(format!("{}.md", command_line("date", &["-u", "+%Y-%m-%d"])));
+    let svg = file.with_extension("svg");
+    fs::write(&svg, report.cold_svg())?;
+    let mut markdown = report.to_markdown(&machine_description(&payload));
+    markdown.push_str(&format!(
+        "\nSection 1 as a bar chart: `{}`\n",
+        svg.display()
+    ));
+    println!("\n{markdown}");
     fs::write(&file, &markdown)?;
     println!("written to {}", file.display());
     if !failures.is_empty() {

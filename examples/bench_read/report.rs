@@ -18,20 +18,27 @@ const IDLE_SAMPLE: Duration = Duration::from_millis(500);
 const IDLE_BUSY_SHARE: f64 = 0.06;
 const IDLE_WAIT: Duration = Duration::from_secs(120);
 
+/// The bar chart of section 1, in SVG user units (pixels).
+const LABEL_WIDTH: f64 = 520.0;
+const BAR_WIDTH: f64 = 360.0;
+const ROW_HEIGHT: f64 = 26.0;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Section {
     Cold,
     Ttfb,
     Cached,
     Memory,
+    Seek,
 }
 
 impl Section {
-    const ALL: [Section; 4] = [
+    const ALL: [Section; 5] = [
         Section::Cold,
         Section::Ttfb,
         Section::Cached,
         Section::Memory,
+        Section::Seek,
     ];
 
     pub fn title(self) -> &'static str {
@@ -40,6 +47,7 @@ impl Section {
             Section::Ttfb => "2. Time to first byte: 64 KiB at 20 random offsets (ms)",
             Section::Cached => "3. Cached re-read (MiB/s)",
             Section::Memory => "4. Peak RSS of the mount",
+            Section::Seek => "5. Seek and start-up in a moov-at-end MP4, cold mount vs disk (ms)",
         }
     }
 }
@@ -96,6 +104,55 @@ impl Report {
         }
         md
     }
+
+    /// Section 1 as a horizontal bar chart (hand-written SVG): one bar per row whose
+    /// result is "N MiB/s", scaled to the fastest.
+    pub fn cold_svg(&self) -> String {
+        let bars: Vec<(&str, f64)> = self
+            .rows
+            .iter()
+            .filter(|r| r.0 == Section::Cold)
+            .filter_map(|(_, tool, result, _)| {
+                let rate = result.strip_suffix(" MiB/s")?.parse().ok()?;
+                Some((tool.as_str(), rate))
+            })
+            .collect();
+        let max = bars.iter().map(|b| b.1).fold(1.0, f64::max);
+        let width = LABEL_WIDTH + BAR_WIDTH + 80.0;
+        let height = ROW_HEIGHT * (bars.len() as f64 + 1.5);
+        let mut svg = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+             font-family=\"sans-serif\" font-size=\"12\">\n\
+             <text x=\"8\" y=\"18\" font-weight=\"bold\">{}</text>\n",
+            xml_escape(Section::Cold.title())
+        );
+        for (i, (tool, rate)) in bars.iter().enumerate() {
+            let y = ROW_HEIGHT * (i as f64 + 1.0);
+            let w = BAR_WIDTH * rate / max;
+            let _ = write!(
+                svg,
+                "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">{}</text>\n\
+                 <rect x=\"{LABEL_WIDTH}\" y=\"{:.0}\" width=\"{w:.1}\" height=\"{:.0}\" fill=\"#4878a8\"/>\n\
+                 <text x=\"{:.1}\" y=\"{:.0}\">{rate:.0} MiB/s</text>\n",
+                LABEL_WIDTH - 6.0,
+                y + 17.0,
+                xml_escape(tool),
+                y + 4.0,
+                ROW_HEIGHT - 8.0,
+                LABEL_WIDTH + w + 4.0,
+                y + 17.0,
+            );
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('`', "")
 }
 
 /// The header of the results: what was measured, where, with what.
