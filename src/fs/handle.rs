@@ -79,6 +79,11 @@ impl ReadWindow {
         } else {
             0
         }));
+        if !sequential {
+            // A seek: fetch only what was asked, so the demanded piece has the peers to
+            // itself; read-ahead starts once the next read shows the reader goes on.
+            return end..end;
+        }
         end..end.saturating_add(self.ahead_bytes).min(file_len)
     }
 
@@ -121,7 +126,13 @@ mod tests {
         assert_eq!(w.ahead_bytes(), 16 * MIB, "capped at the ceiling");
         let r = w.on_read(50 * MIB, 131072, 100 * MIB, now);
         assert_eq!(w.ahead_bytes(), MIB, "a seek resets to the floor");
-        assert_eq!(r.start, 50 * MIB + 131072);
+        assert!(r.is_empty(), "no read-ahead right after a seek");
+        let r = w.on_read(50 * MIB + 131072, 131072, 100 * MIB, now);
+        assert_eq!(
+            r,
+            50 * MIB + 262144..51 * MIB + 262144,
+            "the floor once it goes on"
+        );
         let r = w.on_read(99 * MIB, 4 * MIB, 100 * MIB, now);
         assert_eq!(r, 100 * MIB..100 * MIB, "nothing past EOF");
     }
