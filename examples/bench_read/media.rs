@@ -4,11 +4,13 @@
 //! `target/bench-data/media`), served by one `swarmfs seed --no-dht` on loopback.
 
 use std::fs;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::common::net::free_port;
 use crate::common::process::run;
@@ -266,13 +268,34 @@ impl Player<'_> {
     }
 }
 
-/// Runs `cmd` to completion; its wall time, or an error if it fails.
+/// Runs `cmd` to completion; its wall time, or an error if it fails. Polls every
+/// millisecond (not `process::run`'s 50 ms), since these take a few hundred ms.
 fn timed(cmd: &mut Command) -> Result<Duration> {
+    let stderr = tempfile::tempfile()?;
     let started = Instant::now();
-    let out = run(cmd, TOOL_DEADLINE, "player");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr.try_clone()?)
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > TOOL_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{cmd:?}: no exit within {TOOL_DEADLINE:?}");
+        }
+        sleep(Duration::from_millis(1));
+    };
     let took = started.elapsed();
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {out}");
+    if !status.success() {
+        let mut text = String::new();
+        let _ = (&stderr).seek(SeekFrom::Start(0));
+        let _ = (&stderr).read_to_string(&mut text);
+        bail!("{cmd:?} failed ({status}): {}", text.trim());
     }
     Ok(took)
 }
