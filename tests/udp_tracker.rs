@@ -11,8 +11,7 @@
 
 mod common;
 
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::clients::{Client, Seeder, Tracker};
 use common::fixture::{Payload, sha1_file};
@@ -44,20 +43,12 @@ fn seeder_found_only_through_udp_tracker(client: Client) {
 
     // seed.sh only waits for HTTP trackers. The seeder knows only the UDP URL, so once the
     // tracker lists it (asked over HTTP on the same port: one swarm), it announced over UDP.
-    let end = Instant::now() + SEEDER_LISTED_WITHIN;
-    loop {
-        let listed = tracker.peers(&payload.torrent);
-        if listed.contains(&seeder.peer_arg()) {
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "tracker does not list {} after {SEEDER_LISTED_WITHIN:?} (lists {listed:?})\n{}",
-            seeder.peer_arg(),
-            seeder.logs()
-        );
-        sleep(Duration::from_millis(500));
-    }
+    tracker.wait_lists(
+        &payload.torrent,
+        &seeder.peer_arg(),
+        SEEDER_LISTED_WITHIN,
+        || seeder.logs(),
+    );
 
     let mount = MountGuard::mount(&payload.torrent, &[]);
     for f in &payload.files {

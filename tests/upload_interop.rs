@@ -64,20 +64,9 @@ fn tracked_payload(size_mb: u32, piece_kb: u32, multi: bool) -> (Tracker, Payloa
 /// Waits until the tracker lists `seed`: a leecher that announces earlier would not hear
 /// of it for ~30 minutes (opentracker's interval).
 fn wait_listed(tracker: &Tracker, payload: &Payload, seed: &SwarmfsSeed) {
-    let end = Instant::now() + LISTED_DEADLINE;
-    loop {
-        let listed = tracker.peers(&payload.torrent);
-        if listed.contains(&seed.peer_arg()) {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "tracker never listed swarmfs seed {} (lists {listed:?})\n--- swarmfs log ---\n{}",
-            seed.peer_arg(),
-            seed.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    tracker.wait_lists(&payload.torrent, &seed.peer_arg(), LISTED_DEADLINE, || {
+        format!("--- swarmfs log ---\n{}", seed.log())
+    });
 }
 
 /// Prints the rate line and asserts that every file verified.

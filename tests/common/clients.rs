@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
@@ -139,6 +139,31 @@ impl Tracker {
             .filter(|l| !l.trim().is_empty())
             .map(str::to_string)
             .collect()
+    }
+
+    /// Waits until the tracker lists `peer` (`IP:PORT`) for `torrent`: a leecher that
+    /// announces earlier would not hear of it for ~30 minutes (opentracker's interval).
+    /// Panics after `limit`, with what it lists and `context` (the peer's log).
+    pub fn wait_lists(
+        &self,
+        torrent: &Path,
+        peer: &str,
+        limit: Duration,
+        context: impl Fn() -> String,
+    ) {
+        let end = Instant::now() + limit;
+        loop {
+            let listed = self.peers(torrent);
+            if listed.iter().any(|p| p == peer) {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "tracker does not list {peer} after {limit:?} (lists {listed:?})\n{}",
+                context()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     pub fn log_path(&self) -> PathBuf {
