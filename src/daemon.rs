@@ -403,12 +403,7 @@ fn spawn_status_line(
                 break;
             };
             let down = TorrentStats::get(&torrent.stats.downloaded);
-            let up = status
-                .ledger
-                .iter()
-                .map(|l| l.3)
-                .sum::<u64>()
-                .max(TorrentStats::get(&torrent.stats.uploaded));
+            let up = TorrentStats::get(&torrent.stats.uploaded);
             let cache = torrent.cache.lock().used_bytes();
             let ratio = if down > 0 {
                 up as f64 / down as f64

@@ -12,7 +12,7 @@ use crate::cache::SharedCache;
 use crate::layout::Layout;
 use crate::metainfo::Metainfo;
 use crate::types::PieceIndex;
-use crate::verify::{VerifiedPiece, verify_piece};
+use crate::verify::verify_piece;
 
 /// The pieces a torrent can serve.
 pub enum PieceStore {
@@ -179,16 +179,5 @@ impl DiskStore {
             file.read_exact_at(out, file_offset)?;
         }
         Ok(buf.freeze())
-    }
-
-    /// A verified piece read from disk (for tests and for serving metadata later).
-    pub fn load(
-        &self,
-        layout: &Layout,
-        meta: &Metainfo,
-        piece: PieceIndex,
-    ) -> Option<VerifiedPiece> {
-        let bytes = self.read_piece(layout, piece).ok()?;
-        verify_piece(piece, bytes, meta.piece_hashes.get(piece.as_usize())?).ok()
     }
 }

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 
 pub use connection::{MAX_QUEUED_UPLOADS, PeerContext, accept_incoming, connect_outgoing};
@@ -115,6 +114,3 @@ impl PeerError {
         }
     }
 }
-
-/// A block of upload data for a peer, sliced from a shared piece buffer.
-pub type BlockData = Bytes;

@@ -279,7 +279,6 @@ pub fn spawn_torrent(
         our_id,
         commands: command_tx,
         shutdown,
-        tasks,
     }
 }
 
@@ -1173,7 +1172,6 @@ impl Actor {
             connected_peers: self.peers.len(),
             known_peers: self.book.known_count(),
             unchoked_by: self.peers.values().filter(|s| !s.peer_choking).count(),
-            partial_pieces: self.partial.len(),
             waiting_pieces: self.waiters.len(),
             ledger: self
                 .peers

@@ -22,7 +22,6 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use actor::spawn_torrent;
 pub use choke::{ChokeCandidate, ChokeDecision, choose_unchoked};
@@ -130,7 +129,6 @@ pub struct StatusSnapshot {
     pub connected_peers: usize,
     pub known_peers: usize,
     pub unchoked_by: usize,
-    pub partial_pieces: usize,
     pub waiting_pieces: usize,
     /// Per peer: address, client, bytes they gave us, bytes we gave them.
     pub ledger: Vec<(SocketAddr, String, u64, u64)>,
@@ -146,7 +144,6 @@ pub struct TorrentHandle {
     pub our_id: PeerId,
     commands: mpsc::Sender<Command>,
     shutdown: CancellationToken,
-    pub tasks: TaskTracker,
 }
 
 impl TorrentHandle {
