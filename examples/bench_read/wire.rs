@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use futures::{SinkExt, StreamExt};
 use sha1::{Digest, Sha1};
+use socket2::SockRef;
 use tokio_util::codec::Framed;
 
 use swarmfs::metainfo::Metainfo;
@@ -77,7 +78,11 @@ pub async fn fetch_pieces(
         let mut data = vec![0u8; piece_len as usize];
         let mut received = 0u32;
         while received < piece_len {
-            match wire.next().await {
+            let next = wire.next().await;
+            // As swarmfs's peer sockets do (src/peer/quickack.rs): acknowledge at once,
+            // or a sender with Nagle on holds a piece's last bytes up to 40 ms.
+            let _ = SockRef::from(wire.get_ref()).set_tcp_quickack(true);
+            match next {
                 Some(Ok(Message::Piece {
                     piece: p,
                     offset,

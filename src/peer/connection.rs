@@ -15,6 +15,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::quickack::QuickAckRead;
 use super::{PeerCommand, PeerCounters, PeerError, PeerEvent, PeerKey};
 use crate::layout::Layout;
 use crate::ratelimit::RateLimiter;
@@ -213,7 +214,7 @@ async fn read_loop(
     counters: &PeerCounters,
 ) -> Result<(), PeerError> {
     let mut frames = FramedRead::with_capacity(
-        read_half,
+        QuickAckRead::new(read_half),
         MessageCodec::new(DEFAULT_MAX_MESSAGE_LEN),
         256 * 1024,
     );

@@ -7,6 +7,7 @@
 //! request floods) ends this connection only.
 
 mod connection;
+mod quickack;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
