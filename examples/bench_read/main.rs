@@ -16,7 +16,8 @@
 //!    moov-at-end MP4 of the media corpus (`tests/media/gen-media.sh`), each on a fresh
 //!    mount of one `swarmfs seed`, next to the same commands on the original file.
 //!
-//! Prints a markdown table and writes it with the machine's description to
+//! Arguments name parts to run alone (`cold`, `cat`, `downloads`, `btfs`, `ttfb`, `seek`);
+//! none runs everything. Prints a markdown table and writes it with the machine's description to
 //! `target/bench-results/<date>.md`, and section 1 as a bar chart to `<date>.svg`.
 //! Everything runs on loopback; everything it starts it stops by PID, errors and Ctrl-C
 //! included. A tool that is missing is listed as "not installed"; one that fails is
@@ -114,16 +115,34 @@ fn run_bench() -> Result<()> {
         payload: &payload,
         work: work.path(),
     };
-    bench.cold_and_cached_swarmfs(&mut report, &mut failures)?;
-    bench.cold_cat_swarmfs(&mut report)?;
-    bench.downloads(&mut report)?;
-    bench.btfs(&mut report)?;
-    bench.ttfb_swarmfs(&mut report, &mut failures)?;
-    bench.one_piece(&seeders[..2], &mut report)?;
-    bench.dev_shm(&mut report)?;
+    let parts = Parts::from_args()?;
+    if parts.wants("cold") {
+        bench.cold_and_cached_swarmfs(&mut report, &mut failures)?;
+    }
+    if parts.wants("cat") {
+        bench.cold_cat_swarmfs(&mut report)?;
+    }
+    if parts.wants("downloads") {
+        bench.downloads(&mut report)?;
+    }
+    if parts.wants("btfs") {
+        bench.btfs(&mut report)?;
+    }
+    if parts.wants("ttfb") {
+        bench.ttfb_swarmfs(&mut report, &mut failures)?;
+        bench.one_piece(&seeders[..2], &mut report)?;
+    }
+    if parts.wants("cold") {
+        bench.dev_shm(&mut report)?;
+    }
     drop(seeders);
     drop(tracker);
-    if let Err(err) = media::seek_section(&swarmfs, &target, work.path(), &mut report) {
+    let seek = if parts.wants("seek") {
+        media::seek_section(&swarmfs, &target, work.path(), &mut report)
+    } else {
+        Ok(())
+    };
+    if let Err(err) = seek {
         bail_if_interrupted()?;
         report.failed(
             Section::Seek,
@@ -153,6 +172,29 @@ fn run_bench() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Which parts of the benchmark to run: all by default, or those named on the command
+/// line (`cargo run --release --example bench_read -- ttfb cat`), for quicker iterations.
+struct Parts(Vec<String>);
+
+impl Parts {
+    const ALL: [&str; 6] = ["cold", "cat", "downloads", "btfs", "ttfb", "seek"];
+
+    fn from_args() -> Result<Self> {
+        let named: Vec<String> = std::env::args().skip(1).collect();
+        if let Some(bad) = named.iter().find(|n| !Self::ALL.contains(&n.as_str())) {
+            bail!(
+                "unknown part {bad:?}; the parts are {}",
+                Self::ALL.join(", ")
+            );
+        }
+        Ok(Parts(named))
+    }
+
+    fn wants(&self, part: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|n| n == part)
+    }
 }
 
 /// What every measurement needs.

@@ -379,8 +379,11 @@ impl Mount {
     }
 
     /// SIGINT (what Ctrl-C sends), then waits for the daemon to exit 0 and the mount to go.
+    /// With `SWARMFS_BENCH_LOGS=DIR` set, the daemon's log is kept there (set `RUST_LOG`
+    /// too, e.g. `swarmfs=debug`, for more than warnings).
     pub fn stop(mut self) -> Result<()> {
         let status = self.child.stop(libc::SIGINT, STOP_DEADLINE);
+        self.keep_log();
         let end = Instant::now() + Duration::from_secs(2);
         while is_mounted(&self.mnt) && Instant::now() < end {
             sleep(POLL);
@@ -402,6 +405,20 @@ impl Mount {
 
     pub fn log_tail(&self) -> String {
         self.child.log_tail()
+    }
+
+    fn keep_log(&self) {
+        let (Some(keep), Some(dir)) = (std::env::var_os("SWARMFS_BENCH_LOGS"), &self.dir) else {
+            return;
+        };
+        let keep = PathBuf::from(keep);
+        let name = format!("mount-{}.log", self.pid());
+        let copied = std::fs::create_dir_all(&keep)
+            .and_then(|()| std::fs::copy(dir.path().join("mount.log"), keep.join(&name)));
+        match copied {
+            Ok(_) => eprintln!("log kept: {}", keep.join(name).display()),
+            Err(err) => eprintln!("could not keep the log in {}: {err}", keep.display()),
+        }
     }
 }
 
