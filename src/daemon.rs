@@ -163,8 +163,13 @@ pub async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         readahead_floor_bytes: READAHEAD_FLOOR_BYTES,
         readahead_ceiling_bytes: readahead_ceiling,
     };
-    let fs = Arc::new(TorrentFs::new(Arc::clone(&engine.torrent), policy));
-    let adapter = FuseAdapter::new(fs, tokio::runtime::Handle::current());
+    let runtime = tokio::runtime::Handle::current();
+    let fs = Arc::new(TorrentFs::new(
+        Arc::clone(&engine.torrent),
+        policy,
+        runtime.clone(),
+    ));
+    let adapter = FuseAdapter::new(Arc::clone(&fs), runtime);
     let mountpoint = args.mountpoint.clone();
     let name = meta.name.clone();
     let allow_other = args.allow_other;
@@ -184,6 +189,7 @@ pub async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     info!("{reason}; stopping");
     // Answer waiting reads first, then unmount: an unmount waits for replies.
     engine.shutdown().await;
+    fs.stop_background().await;
     stop_dht(dht).await;
     status.abort();
     tokio::task::spawn_blocking(move || mounted.unmount())

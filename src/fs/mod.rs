@@ -2,11 +2,15 @@
 //!
 //! Returns plain structs and `FsError`, so it is tested without a mount; `fuse.rs` is the
 //! thin adapter. Lookups, attributes and listings come from the immutable inode tree and
-//! never wait; reads go to the torrent and wait at most `read_timeout`.
+//! never wait; reads go to the torrent and wait at most `read_timeout`. An open hints what
+//! tools read first, the file's head, tail and container index (`prefetch.rs`,
+//! `container/`).
 
+mod container;
 mod error;
 mod handle;
 mod inode;
+mod prefetch;
 
 use std::collections::HashMap;
 
@@ -20,6 +24,7 @@ pub use handle::ReadWindow;
 pub use inode::{InodeKind, InodeTree, ROOT_INODE};
 
 use handle::Handle;
+use prefetch::OpenPrefetch;
 
 use crate::torrent::TorrentHandle;
 
@@ -56,17 +61,25 @@ pub struct TorrentFs {
     policy: ReadPolicy,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
+    prefetch: OpenPrefetch,
 }
 
 impl TorrentFs {
-    pub fn new(torrent: Arc<TorrentHandle>, policy: ReadPolicy) -> Self {
+    /// `runtime` runs the background work an open starts (FUSE threads are outside tokio).
+    pub fn new(
+        torrent: Arc<TorrentHandle>,
+        policy: ReadPolicy,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
         let tree = InodeTree::new(&torrent.meta);
+        let prefetch = OpenPrefetch::new(Arc::clone(&torrent), runtime, policy.read_timeout);
         TorrentFs {
             torrent,
             tree,
             policy,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            prefetch,
         }
     }
 
@@ -142,7 +155,7 @@ impl TorrentFs {
             return Err(FsError::ReadOnly);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.hint_head_and_tail(file_index);
+        self.prefetch.on_open(file_index);
         let window = ReadWindow::new(
             self.policy.readahead_floor_bytes,
             self.policy.readahead_ceiling_bytes,
@@ -156,21 +169,6 @@ impl TorrentFs {
             },
         );
         Ok(fh)
-    }
-
-    /// At open, players and archive tools read a file's start (headers) and its end (MP4
-    /// `moov`, ZIP central directory, Matroska cues): fetch those pieces early.
-    fn hint_head_and_tail(&self, file_index: usize) {
-        let layout = &self.torrent.layout;
-        let Some(range) = layout.file_range(file_index) else {
-            return;
-        };
-        if range.is_empty() {
-            return;
-        }
-        let head = layout.pieces_for_range(range.start..range.start + 1);
-        let tail = layout.pieces_for_range(range.end - 1..range.end);
-        self.torrent.hint_nowait(head.chain(tail).collect());
     }
 
     /// Reads up to `size` bytes at `offset`; fewer at EOF, none past it.
@@ -216,6 +214,12 @@ impl TorrentFs {
         if removed.is_some() {
             self.torrent.close_reader(fh).await;
         }
+    }
+
+    /// Waits (bounded) for the background work opens started; call once the torrent is
+    /// shutting down, which ends that work.
+    pub async fn stop_background(&self) {
+        self.prefetch.stop().await;
     }
 
     /// (total bytes, file count) for statfs.
