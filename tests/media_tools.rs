@@ -6,38 +6,27 @@
 //! `session totals` line logged at shutdown): listing a zip or probing a moov-at-end MP4
 //! must fetch a handful of pieces, not the file.
 //!
-//! Every command runs with the file's directory as its working directory and the file's
-//! bare name, so that the paths tools print (ffprobe's `filename`, unzip's `Archive:`,
-//! 7z's `Path =`) are the same on both sides; what still names a directory is replaced by
-//! `<DIR>`. Every test runs inside `harness::fuse_test` (heavy-test lock, overall
-//! deadline, nothing left behind) and asserts correctness only.
+//! Every command runs in the file's directory on its bare name (`Corpus::assert_same_output`).
+//! Every test runs inside `harness::fuse_test` (heavy-test lock, overall deadline, nothing
+//! left behind) and asserts correctness only.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::checks::{session_pieces_fetched, stop_cleanly};
+use common::corpus::Corpus;
 use common::fixture::sha1_bytes;
-use common::harness::{flock_file, fuse_test, temp_root};
+use common::harness::fuse_test;
 use common::mount::MountGuard;
-use common::process::{RunOutput, run_ok};
 use common::swarmfs::SwarmfsSeed;
 
 /// Overall deadline of one test. Working, each takes 5–30 s (corpus cached, a seeder's
 /// hash check of ~390 MiB, tools that read a few MiB; the first test also generates the
 /// corpus, ~15 s here); this only stops hangs.
 const TEST_LIMIT: Duration = Duration::from_secs(300);
-
-/// One tool on one file: the slowest here (bsdtar -tf big.zip reads all 70 MiB, mpv
-/// plays 1 s in real time) take seconds; a hang bound, not a speed test.
-const TOOL_DEADLINE: Duration = Duration::from_secs(120);
-
-/// gen-media.sh takes ~15 s here (x264 is most of it); this bounds a hang on a slow disk.
-const GENERATE_DEADLINE: Duration = Duration::from_secs(240);
 
 /// 256 KiB pieces: ~1,560 for the ~390 MiB corpus, ~280 for each 70 MiB file.
 const PIECE_SIZE: &str = "256KiB";
@@ -51,63 +40,10 @@ const NAME: &str = "media";
 const TEXT_MEMBER: &str = "d01/f0150.txt";
 const BIN_MEMBER: &str = "d01/f0137.bin";
 
-/// The corpus and its torrent, generated once per version of gen-media.sh.
-struct Corpus {
-    /// Holds `media/` (the payload: what `swarmfs seed` is given), `tree/` and the .torrent.
-    root: PathBuf,
-    torrent: PathBuf,
-}
-
-impl Corpus {
-    /// The original files.
-    fn media(&self) -> PathBuf {
-        self.root.join(NAME)
-    }
-
-    /// The archives' source files.
-    fn tree(&self) -> PathBuf {
-        self.root.join("tree")
-    }
-
-    fn file_len(&self, name: &str) -> u64 {
-        fs::metadata(self.media().join(name))
-            .unwrap_or_else(|e| panic!("stat {name}: {e}"))
-            .len()
-    }
-}
-
-/// Generates the corpus and its torrent under `temp_root()/media-corpus-HASH/` (HASH: of
-/// the script, so that editing it regenerates), behind a file lock, like `Payload::make`.
+/// gen-media.sh's corpus and its torrent; `tree/` beside the payload holds the archives'
+/// source files.
 fn corpus() -> Corpus {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/media/gen-media.sh");
-    let version = sha1_bytes(&fs::read(&script).expect("read gen-media.sh"));
-    let root = temp_root().join(format!("media-corpus-{}", &version[..12]));
-    let torrent = root.join(format!("{NAME}.torrent"));
-    let _lock = flock_file(
-        &temp_root().join("media-corpus.lock"),
-        GENERATE_DEADLINE * 2,
-    );
-    let complete = root.join("complete");
-    if !complete.exists() {
-        let _ = fs::remove_dir_all(&root);
-        run_ok(
-            Command::new(&script).arg(&root),
-            GENERATE_DEADLINE,
-            "gen-media.sh",
-        );
-        run_ok(
-            Command::new(env!("CARGO_BIN_EXE_swarmfs"))
-                .arg("create")
-                .arg(root.join(NAME))
-                .arg("-o")
-                .arg(&torrent)
-                .args(["--piece-size", PIECE_SIZE]),
-            GENERATE_DEADLINE,
-            "swarmfs create",
-        );
-        fs::write(&complete, b"").expect("mark corpus complete");
-    }
-    Corpus { root, torrent }
+    Corpus::generate("gen-media.sh", NAME, PIECE_SIZE)
 }
 
 /// `seeders` × `swarmfs seed` of the corpus, and a fresh mount that knows them by
@@ -128,68 +64,6 @@ fn mount_fresh(corpus: &Corpus, seeds: &[SwarmfsSeed]) -> MountGuard {
         args.extend(["--peer", peer.as_str()]);
     }
     MountGuard::mount(&corpus.torrent, &args)
-}
-
-/// Runs `argv` in `dir` (C locale, UTC) under `TOOL_DEADLINE`; panics unless it exits 0.
-fn tool(dir: &Path, argv: &[&str]) -> RunOutput {
-    let (program, args) = argv.split_first().expect("a command");
-    run_ok(
-        Command::new(program)
-            .args(args)
-            .current_dir(dir)
-            .env("LC_ALL", "C.UTF-8")
-            .env("TZ", "UTC"),
-        TOOL_DEADLINE,
-        &format!("{} in {}", argv.join(" "), dir.display()),
-    )
-}
-
-/// `text` with `dir` (and its parent, the mount point or the corpus root) replaced by
-/// `<DIR>`: all that may legitimately differ between the two runs of a command.
-fn normalize(text: &str, dir: &Path) -> String {
-    let parent = dir.parent().unwrap_or(dir);
-    text.replace(&*dir.to_string_lossy(), "<DIR>")
-        .replace(&*parent.to_string_lossy(), "<DIR>")
-}
-
-/// Runs `argv` on the original files and through the mount; asserts the same stdout
-/// (normalized) and returns it. On a difference, shows the first line that differs.
-fn assert_same_output(corpus: &Corpus, mount: &MountGuard, argv: &[&str]) -> String {
-    let original = corpus.media();
-    let mounted = mount.path().join(NAME);
-    let want = normalize(&tool(&original, argv).stdout, &original);
-    let started = Instant::now();
-    let got = normalize(&tool(&mounted, argv).stdout, &mounted);
-    eprintln!(
-        "{}: {:.2?} through the mount",
-        argv.join(" "),
-        started.elapsed()
-    );
-    if want != got {
-        let (want_lines, got_lines): (Vec<&str>, Vec<&str>) =
-            (want.lines().collect(), got.lines().collect());
-        let first = want_lines
-            .iter()
-            .zip(&got_lines)
-            .position(|(w, g)| w != g)
-            .unwrap_or(want_lines.len().min(got_lines.len()));
-        panic!(
-            "`{}` prints something else through the mount: {} lines on the original, {} \
-             through the mount; first difference at line {}:\n  original: {:?}\n  mount:    {:?}",
-            argv.join(" "),
-            want_lines.len(),
-            got_lines.len(),
-            first + 1,
-            want_lines.get(first),
-            got_lines.get(first)
-        );
-    }
-    assert!(
-        !want.trim().is_empty(),
-        "`{}` printed nothing: the comparison would prove nothing",
-        argv.join(" ")
-    );
-    want
 }
 
 // ---- the tools print the same through the mount ----
@@ -220,12 +94,11 @@ fn players_print_the_same_through_the_mount() {
             let corpus = corpus();
             let (_seeds, mount) = serve(&corpus, 2);
             for file in ["movie-moovend.mp4", "movie.mkv"] {
-                let json = assert_same_output(&corpus, &mount, &ffprobe(file));
+                let json = corpus.assert_same_output(&mount, &ffprobe(file));
                 assert!(json.contains("\"codec_name\": \"h264\""), "{file}: {json}");
             }
             for (file, seek) in [("movie-moovend.mp4", "20"), ("movie.mkv", "2")] {
-                let md5s = assert_same_output(
-                    &corpus,
+                let md5s = corpus.assert_same_output(
                     &mount,
                     &[
                         "ffmpeg",
@@ -253,8 +126,7 @@ fn players_print_the_same_through_the_mount() {
                 );
             }
             for (file, start) in [("movie.mkv", "0"), ("movie-moovend.mp4", "20")] {
-                let out = assert_same_output(
-                    &corpus,
+                let out = corpus.assert_same_output(
                     &mount,
                     &[
                         "mpv",
@@ -287,20 +159,21 @@ fn archive_tools_print_the_same_through_the_mount() {
         || {
             let corpus = corpus();
             let (_seeds, mount) = serve(&corpus, 1);
-            let listing = assert_same_output(&corpus, &mount, &["unzip", "-l", "big.zip"]);
+            let listing = corpus.assert_same_output(&mount, &["unzip", "-l", "big.zip"]);
             assert!(listing.contains("320 files"), "{listing}");
 
-            let text =
-                assert_same_output(&corpus, &mount, &["unzip", "-p", "big.zip", TEXT_MEMBER]);
-            let original = fs::read(corpus.tree().join(TEXT_MEMBER)).expect("read tree member");
+            let text = corpus.assert_same_output(&mount, &["unzip", "-p", "big.zip", TEXT_MEMBER]);
+            let original =
+                fs::read(corpus.root.join("tree").join(TEXT_MEMBER)).expect("read tree member");
             assert!(
                 text.as_bytes() == original.as_slice(),
                 "unzip -p {TEXT_MEMBER} differs from the file it was zipped from"
             );
             // A random member is not UTF-8: compare its SHA-1 (pipefail: unzip must succeed).
             let piped = format!("set -o pipefail; unzip -p big.zip {BIN_MEMBER} | sha1sum");
-            let sha1 = assert_same_output(&corpus, &mount, &["bash", "-c", &piped]);
-            let original = fs::read(corpus.tree().join(BIN_MEMBER)).expect("read tree member");
+            let sha1 = corpus.assert_same_output(&mount, &["bash", "-c", &piped]);
+            let original =
+                fs::read(corpus.root.join("tree").join(BIN_MEMBER)).expect("read tree member");
             assert_eq!(
                 sha1.split_whitespace().next(),
                 Some(sha1_bytes(&original).as_str()),
@@ -314,7 +187,7 @@ fn archive_tools_print_the_same_through_the_mount() {
                 &["bsdtar", "-tf", "big.zip"],
                 &["isoinfo", "-l", "-i", "big.iso"],
             ] {
-                let out = assert_same_output(&corpus, &mount, argv);
+                let out = corpus.assert_same_output(&mount, argv);
                 assert!(
                     out.to_ascii_lowercase().contains("f0319"),
                     "`{}` does not list the last member:\n{out}",
@@ -341,7 +214,7 @@ fn pieces_fetched_by(argv: &[&str], file: &str, min_file_pieces: u64) -> u64 {
     );
     let seed = SwarmfsSeed::start(&corpus.torrent, &corpus.root, &["--no-dht"]);
     let mount = mount_fresh(&corpus, std::slice::from_ref(&seed));
-    assert_same_output(&corpus, &mount, argv);
+    corpus.assert_same_output(&mount, argv);
     let (status, log) = mount.stop_with_log();
     assert!(
         status.success(),
@@ -358,9 +231,10 @@ fn pieces_fetched_by(argv: &[&str], file: &str, min_file_pieces: u64) -> u64 {
 /// `unzip -l` reads only the end of the archive: the end-of-central-directory record and
 /// the central directory (~25 KiB for 320 members). Measured in the lab (results.md,
 /// FUSE view) it touches one 256 KiB piece. The mount adds its open hint (the file's
-/// first and last piece) and at most one read-ahead window (1 MiB floor = 4 pieces, if a
-/// read is not already at EOF); the directory may straddle a piece boundary and the zip
-/// share its first or last piece with a neighbour file. 1 + 1 + 2 + 4 = 8, against the
+/// first and last piece, and the directory's pieces, which unzip reads anyway) and at
+/// most one read-ahead window (1 MiB floor = 4 pieces, if a read is not already at EOF);
+/// the directory may straddle a piece boundary and the zip share its first or last piece
+/// with a neighbour file. 1 + 1 + 2 + 4 = 8, against the
 /// zip's ~280 pieces (2 measured: the open hint's first piece, and the last one).
 const UNZIP_L_MAX_PIECES: u64 = 8;
 
@@ -387,7 +261,7 @@ fn unzip_list_of_big_zip_fetches_a_handful_of_pieces() {
 /// - each open file's read-ahead window: 1 MiB after a seek, doubling per sequential READ
 ///   until a rate is known, so after those 3 READs at most 4 MiB = 16 pieces past them;
 /// - the moov: 1 piece, 2 if it straddles a boundary. The open hint (first and last
-///   piece) is among these.
+///   piece, and the moov's pieces) is among these.
 ///
 /// 5 + 16 + 2 = 23 → 24, against the MP4's ~280 pieces (14 measured: the tail READ comes
 /// between the head READs and resets the window).

@@ -4,6 +4,8 @@
 //! - `checks`: assertions on a mount (files match, EIO in bounded time, clean stop).
 //! - `harness`: `fuse_test` (FUSE check, heavy-test lock, overall deadline and watchdog).
 //! - `mount`: `MountGuard`, one `swarmfs mount` from mounted to gone.
+//! - `corpus`: generated media/archive corpora and their torrents; a tool's output on disk
+//!   and through a mount, compared.
 //! - `clients`: real trackers, seeders and leechers through the lab scripts in `tests/peers/`.
 //! - `fixture`: cached make-torrent.sh payloads, their .torrent and per-file SHA-1.
 //! - `net`: unique loopback IPs and ports per test process.
@@ -19,6 +21,7 @@
 
 pub mod checks;
 pub mod clients;
+pub mod corpus;
 pub mod fixture;
 pub mod harness;
 pub mod mount;
