@@ -60,6 +60,12 @@ const QUEUE_HORIZON: Duration = Duration::from_secs(1);
 /// Demanded blocks may exceed a peer's queue depth by this much, so a read never waits
 /// behind a full read-ahead queue for lack of a slot.
 const DEMAND_EXTRA_DEPTH: usize = 16;
+/// A peer with at least this many read-ahead blocks queued has them withdrawn and asked
+/// again behind a new demand, so that the demanded blocks are served first.
+const BUMP_MIN_BLOCKS: usize = 8;
+/// A demanded piece is shared among the peers that can send it, by rate; a peer with no
+/// measured rate yet counts as this fast.
+const SHARE_RATE_FLOOR: u64 = 1024 * 1024;
 /// Connections being opened at once (half-open), so a burst of dead addresses cannot
 /// delay good ones for long.
 const MAX_HALF_OPEN: usize = 16;
@@ -182,6 +188,9 @@ struct Actor {
 
     fill_all: bool,
     fill_peers: HashSet<PeerKey>,
+    /// A new demand came in: peers' queued read-ahead is withdrawn and asked again
+    /// behind it, at the next fill.
+    bump_readahead: bool,
     optimistic: Option<PeerKey>,
     last_rates: Instant,
     last_rechoke: Instant,
@@ -254,6 +263,7 @@ pub fn spawn_torrent(
         wanted: Vec::new(),
         wanted_dirty: false,
         fill_all: false,
+        bump_readahead: false,
         fill_peers: HashSet::new(),
         optimistic: None,
         last_rates: now,
@@ -385,6 +395,7 @@ impl Actor {
         if !self.demand_order.contains_key(&piece) {
             self.demand_order.insert(piece, self.next_demand);
             self.next_demand += 1;
+            self.bump_readahead = true;
             debug!(%piece, "demanded");
         }
         self.wanted_dirty = true;
@@ -540,9 +551,18 @@ impl Actor {
                 data,
             } => self.on_block(key, piece, offset, data, now),
             Message::Reject(request) => {
-                if let Some(p) = self.layout.piece(request.piece)
-                    && let Some(block) = self.layout.block_index(p, request.offset, request.length)
-                    && slot.inflight.remove(&(p, block))
+                let Some(p) = self.layout.piece(request.piece) else {
+                    return;
+                };
+                let Some(block) = self.layout.block_index(p, request.offset, request.length) else {
+                    return;
+                };
+                // A Fast peer answers our Cancel with a Reject: that one concerns the
+                // cancelled request, not a newer request for the same block.
+                if slot.cancelled.remove(&(p, block)) {
+                    return;
+                }
+                if slot.inflight.remove(&(p, block))
                     && let Some(partial) = self.partial.get_mut(&p)
                 {
                     partial.forget_request(block, key);
@@ -1076,6 +1096,11 @@ impl Actor {
         if self.wanted.is_empty() {
             return;
         }
+        if std::mem::take(&mut self.bump_readahead) {
+            for key in self.peers.keys().copied().collect::<Vec<_>>() {
+                self.bump_behind_demand(key);
+            }
+        }
         // Peers that give most go first, so the most urgent blocks go to the fastest.
         let mut keys = keys;
         keys.sort_by_key(|k| std::cmp::Reverse(self.peers.get(k).map_or(0, |s| s.download_rate)));
@@ -1084,8 +1109,78 @@ impl Actor {
         }
     }
 
+    /// Withdraws the read-ahead requests queued at `key` when a demanded piece it can
+    /// send still has blocks to ask for: the fill that follows asks for the demanded
+    /// blocks first and the read-ahead again behind them. A peer serves requests in
+    /// order, so this is how a demand overtakes read-ahead already sent. Blocks that
+    /// cross the Cancel on the wire are still taken (see `PeerSlot::cancelled`).
+    fn bump_behind_demand(&mut self, key: PeerKey) {
+        let Some(slot) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if slot.peer_choking {
+            return;
+        }
+        let demand_waits = self.demand_order.keys().any(|piece| {
+            slot.has(*piece)
+                && !self.verifying.contains(piece)
+                && self
+                    .partial
+                    .get(piece)
+                    .is_none_or(|partial| partial.open_blocks() > 0)
+        });
+        if !demand_waits {
+            return;
+        }
+        let readahead: Vec<(PieceIndex, u32)> = slot
+            .inflight
+            .iter()
+            .filter(|(piece, _)| !self.demand_order.contains_key(piece))
+            .copied()
+            .collect();
+        if readahead.len() < BUMP_MIN_BLOCKS {
+            return;
+        }
+        debug!(peer = %slot.addr, blocks = readahead.len(), "read-ahead asked again behind a demand");
+        for (piece, block) in readahead {
+            slot.cancel_request(&self.layout, piece, block);
+            if let Some(partial) = self.partial.get_mut(&piece) {
+                partial.forget_request(block, key);
+            }
+        }
+    }
+
+    /// How many blocks of the demanded `piece` peer `key` should be asked for: its share
+    /// by rate among the unchoked peers that have the piece and room in their queue, so
+    /// that a read waits for the fastest split of its piece rather than one peer.
+    fn demand_share(&self, key: PeerKey, piece: PieceIndex) -> u32 {
+        let weight = |slot: &PeerSlot| slot.download_rate.max(SHARE_RATE_FLOOR);
+        let mut total = 0u64;
+        let mut ours = 0u64;
+        for (k, slot) in &self.peers {
+            let room = slot.inflight.len() < slot.queue_depth + DEMAND_EXTRA_DEPTH;
+            if !slot.peer_choking && slot.has(piece) && (room || *k == key) {
+                total += weight(slot);
+                if *k == key {
+                    ours = weight(slot);
+                }
+            }
+        }
+        let blocks = u64::from(self.layout.block_count(piece));
+        if total == 0 {
+            return 0;
+        }
+        u32::try_from((blocks * ours).div_ceil(total)).unwrap_or(u32::MAX)
+    }
+
     fn fill_peer(&mut self, key: PeerKey) {
         let now = Instant::now();
+        let shares: HashMap<PieceIndex, u32> = self
+            .wanted
+            .iter()
+            .filter(|(_, urgency)| *urgency == Urgency::Demand)
+            .map(|(piece, _)| (*piece, self.demand_share(key, *piece)))
+            .collect();
         let Some(slot) = self.peers.get_mut(&key) else {
             return;
         };
@@ -1118,12 +1213,23 @@ impl Actor {
                 .partial
                 .entry(piece)
                 .or_insert_with(|| PartialPiece::new(&self.layout, piece));
-            while queued < limit {
+            // A demanded piece is split among the peers that can send it; read-ahead
+            // takes what the queue allows.
+            let mut allowed = match urgency {
+                Urgency::Demand => shares
+                    .get(&piece)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(partial.requested_from(key)),
+                Urgency::Readahead => u32::MAX,
+            };
+            while queued < limit && allowed > 0 {
                 let Some(block) = partial.request_open(key, now) else {
                     break;
                 };
                 send_request(slot, &self.layout, piece, block);
                 queued += 1;
+                allowed -= 1;
             }
             if urgency == Urgency::Demand && partial.open_blocks() == 0 {
                 while queued < limit {

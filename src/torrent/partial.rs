@@ -57,6 +57,16 @@ impl PartialPiece {
         self.blocks.len() as u32 - self.missing
     }
 
+    /// How many blocks are requested from `peer` and not yet received.
+    pub fn requested_from(&self, peer: PeerKey) -> u32 {
+        let count = self
+            .blocks
+            .iter()
+            .filter(|b| matches!(b, BlockState::Requested { peers, .. } if peers.contains(&peer)))
+            .count();
+        u32::try_from(count).unwrap_or(u32::MAX)
+    }
+
     /// Marks the first open block as requested from `peer`; returns its index.
     pub fn request_open(&mut self, peer: PeerKey, now: Instant) -> Option<u32> {
         let index = self
