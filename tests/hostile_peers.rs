@@ -20,7 +20,7 @@ use common::checks::{
 use common::fixture::{DEAD_TRACKER, Payload};
 use common::harness::fuse_test;
 use common::mount::MountGuard;
-use common::swarm::{Behaviour, Pieces, TestSeeder};
+use common::swarm::{Behaviour, Pieces, TestSeeder, WireEvent};
 
 /// Overall deadline of one test: seconds when swarmfs works (in-process seeders start at
 /// once); reads that wait out a slow peer's 15 s request timeout more than once fit too.
@@ -291,6 +291,72 @@ fn slow_and_honest_seeders_read_correctly() {
         assert_all_files_match(&mount, &payload);
         stop_cleanly(mount);
     });
+}
+
+/// 5a'. A demand overtakes read-ahead already queued at a peer: with one slow seeder
+///      (20 ms per block, requests served in order, Cancel honoured), a sequential reader
+///      leaves ~32 read-ahead blocks in its queue; a second reader then asks for a far
+///      piece. Between the seeder receiving that request and sending the piece's last
+///      block, it may send the block in progress and little else, not the queue.
+#[test]
+fn a_demand_overtakes_readahead_queued_at_a_peer() {
+    fuse_test(
+        "a_demand_overtakes_readahead_queued_at_a_peer",
+        TEST_LIMIT,
+        || {
+            let payload = single_payload();
+            let slow = TestSeeder::start(Behaviour::Slow(Duration::from_millis(20)), &payload);
+            let mount = mount_with(&payload, &[&slow], &[]);
+            let file = &payload.files[0];
+            let path = mount.path().join(&file.rel);
+            let streaming = File::open(&path).unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            streaming.read_exact_at(&mut buf, 0).unwrap();
+            assert_eq!(buf, payload.read_range(file, 0, buf.len()));
+            // The stream's read-ahead (1 MiB: 16 pieces) is now queued at the seeder.
+            let far: u32 = 80;
+            let seeking = File::open(&path).unwrap();
+            let offset = u64::from(far) * PIECE_BYTES;
+            seeking.read_exact_at(&mut buf, offset).unwrap();
+            assert_eq!(buf, payload.read_range(file, offset, buf.len()));
+
+            let log = slow.wire_log();
+            let asked = log
+                .iter()
+                .position(|e| *e == WireEvent::Asked(far))
+                .expect("the far piece was never requested");
+            let done = log
+                .iter()
+                .rposition(|e| *e == WireEvent::Served(far))
+                .expect("the far piece was never served");
+            let queued_before = log[..asked]
+                .iter()
+                .filter(|e| matches!(e, WireEvent::Asked(p) if *p != far))
+                .count()
+                - log[..asked]
+                    .iter()
+                    .filter(|e| matches!(e, WireEvent::Served(p) if *p != far))
+                    .count();
+            let others_in_between = log[asked..done]
+                .iter()
+                .filter(|e| matches!(e, WireEvent::Served(p) if *p != far && *p != far + 1))
+                .count();
+            assert!(
+                queued_before >= 8,
+                "only {queued_before} read-ahead blocks were queued at the seeder before the \
+                 demand: nothing to overtake, the test proves nothing ({log:?})"
+            );
+            assert!(
+                others_in_between <= 2,
+                "the seeder sent {others_in_between} other blocks between the demand's request \
+                 and its last block ({queued_before} were queued before it): the demand \
+                 waited behind read-ahead"
+            );
+            drop(seeking);
+            drop(streaming);
+            stop_cleanly(mount);
+        },
+    );
 }
 
 /// 5b. A peer that hangs up after every 5 blocks, beside an honest one: every byte reads.

@@ -11,8 +11,8 @@
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -116,6 +116,7 @@ pub enum Behaviour {
 pub struct TestSeeder {
     addr: SocketAddr,
     served: Arc<AtomicU64>,
+    wire_log: Arc<Mutex<Vec<WireEvent>>>,
     stop: CancellationToken,
     thread: Option<JoinHandle<()>>,
 }
@@ -133,6 +134,16 @@ struct Shared {
     metadata: Bytes,
     piece_count: u32,
     served: Arc<AtomicU64>,
+    wire_log: Arc<Mutex<Vec<WireEvent>>>,
+}
+
+/// What one seeder saw and did, in order, over all its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireEvent {
+    /// A Request for a block of this piece arrived.
+    Asked(u32),
+    /// A block of this piece was sent.
+    Served(u32),
 }
 
 impl TestSeeder {
@@ -155,6 +166,7 @@ impl TestSeeder {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("local addr");
         let served = Arc::new(AtomicU64::new(0));
+        let wire_log = Arc::new(Mutex::new(Vec::new()));
         let mut peer_id = *b"-TS0001-000000000000";
         peer_id[8..].copy_from_slice(format!("{:012}", addr.port()).as_bytes());
         let metadata = metadata_for(&behaviour, &meta.info_bytes);
@@ -167,6 +179,7 @@ impl TestSeeder {
             data: Bytes::from(data),
             metadata,
             served: Arc::clone(&served),
+            wire_log: Arc::clone(&wire_log),
         });
         let stop = CancellationToken::new();
         let token = stop.clone();
@@ -184,6 +197,7 @@ impl TestSeeder {
         TestSeeder {
             addr,
             served,
+            wire_log,
             stop,
             thread: Some(thread),
         }
@@ -196,6 +210,11 @@ impl TestSeeder {
     /// `--peer IP:PORT` arguments for this seeder.
     pub fn peer_arg(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// Requests received and blocks sent so far, in order (all connections).
+    pub fn wire_log(&self) -> Vec<WireEvent> {
+        self.wire_log.lock().unwrap().clone()
     }
 
     /// Piece messages sent so far, over all connections (unsolicited ones included).
@@ -312,6 +331,7 @@ async fn serve_messages(stream: TcpStream, shared: &Shared) -> anyhow::Result<()
                         outgoing.send(&Message::Unchoke).await?;
                     }
                     Message::Request(request) if unchoked => {
+                        shared.wire_log.lock().unwrap().push(WireEvent::Asked(request.piece));
                         if queue.is_empty() {
                             next_block_at = Instant::now() + delay;
                         }
@@ -355,6 +375,7 @@ async fn serve_messages(stream: TcpStream, shared: &Shared) -> anyhow::Result<()
                 let Some(block) = shared.block(request) else { return Ok(()) };
                 outgoing.send(&block).await?;
                 shared.served.fetch_add(1, Ordering::Relaxed);
+                shared.wire_log.lock().unwrap().push(WireEvent::Served(request.piece));
                 served_here += 1;
                 if let Behaviour::Disconnecting { after_blocks } = shared.behaviour
                     && served_here >= after_blocks
