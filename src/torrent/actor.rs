@@ -63,6 +63,9 @@ const DEMAND_EXTRA_DEPTH: usize = 16;
 /// A peer with at least this many read-ahead blocks queued has them withdrawn and asked
 /// again behind a new demand, so that the demanded blocks are served first.
 const BUMP_MIN_BLOCKS: usize = 8;
+/// At most one such withdrawal per peer in this time: a read of many pieces makes many
+/// demands at once, and each withdrawal may cost blocks that cross the Cancel.
+const BUMP_INTERVAL: Duration = Duration::from_millis(100);
 /// A demanded piece is shared among the peers that can send it, by rate; a peer with no
 /// measured rate yet counts as this fast.
 const SHARE_RATE_FLOOR: u64 = 1024 * 1024;
@@ -114,7 +117,11 @@ struct PeerSlot {
     unsolicited: u32,
     /// Requests we cancelled: a block for one of them may still come (it crossed our
     /// cancel on the wire) and is not held against the peer.
-    cancelled: HashSet<(PieceIndex, u32)>,
+    /// Counted per block: a block cancelled twice (asked again in between) may come twice.
+    cancelled: HashMap<(PieceIndex, u32), u32>,
+    /// When read-ahead queued here was last withdrawn behind a demand (see
+    /// `Actor::bump_behind_demand`), so a burst of demands withdraws it once.
+    last_bump: Option<Instant>,
     strikes: u32,
     /// Their message ids for the extensions we use (from their extended handshake).
     ut_metadata: Option<u8>,
@@ -138,13 +145,26 @@ impl PeerSlot {
         if self.cancelled.len() >= MAX_REMEMBERED_CANCELS {
             self.cancelled.clear();
         }
-        self.cancelled.insert((piece, block));
+        *self.cancelled.entry((piece, block)).or_default() += 1;
         let span = layout.block(piece, block);
         self.send(Message::Cancel(BlockRequest {
             piece: piece.get(),
             offset: span.piece_offset,
             length: span.len_bytes,
         }));
+    }
+
+    /// Accounts for one answer (a block or a Reject) to a request we cancelled; false if
+    /// no cancelled request for that block is left.
+    fn take_cancelled(&mut self, piece: PieceIndex, block: u32) -> bool {
+        let Some(count) = self.cancelled.get_mut(&(piece, block)) else {
+            return false;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.cancelled.remove(&(piece, block));
+        }
+        true
     }
 
     fn has(&self, piece: PieceIndex) -> bool {
@@ -442,7 +462,8 @@ impl Actor {
                         last_uploaded: 0,
                         last_block_at: now,
                         unsolicited: 0,
-                        cancelled: HashSet::new(),
+                        cancelled: HashMap::new(),
+                        last_bump: None,
                         strikes: 0,
                         ut_metadata: None,
                         ut_pex: None,
@@ -559,7 +580,7 @@ impl Actor {
                 };
                 // A Fast peer answers our Cancel with a Reject: that one concerns the
                 // cancelled request, not a newer request for the same block.
-                if slot.cancelled.remove(&(p, block)) {
+                if slot.take_cancelled(p, block) {
                     return;
                 }
                 if slot.inflight.remove(&(p, block))
@@ -713,7 +734,7 @@ impl Actor {
         // Only blocks we asked this peer for (or cancelled, crossing on the wire) may
         // enter a piece: an unasked block could be anything, and would get the honest
         // senders of the same piece blamed when the hash fails.
-        let asked = slot.inflight.remove(&(p, block)) || slot.cancelled.remove(&(p, block));
+        let asked = slot.inflight.remove(&(p, block)) || slot.take_cancelled(p, block);
         if !asked {
             slot.unsolicited += 1;
             if slot.unsolicited > MAX_UNSOLICITED_BLOCKS {
@@ -1115,10 +1136,15 @@ impl Actor {
     /// order, so this is how a demand overtakes read-ahead already sent. Blocks that
     /// cross the Cancel on the wire are still taken (see `PeerSlot::cancelled`).
     fn bump_behind_demand(&mut self, key: PeerKey) {
+        let now = Instant::now();
         let Some(slot) = self.peers.get_mut(&key) else {
             return;
         };
-        if slot.peer_choking {
+        if slot.peer_choking
+            || slot
+                .last_bump
+                .is_some_and(|at| now.duration_since(at) < BUMP_INTERVAL)
+        {
             return;
         }
         let demand_waits = self.demand_order.keys().any(|piece| {
@@ -1141,6 +1167,7 @@ impl Actor {
         if readahead.len() < BUMP_MIN_BLOCKS {
             return;
         }
+        slot.last_bump = Some(now);
         debug!(peer = %slot.addr, blocks = readahead.len(), "read-ahead asked again behind a demand");
         for (piece, block) in readahead {
             slot.cancel_request(&self.layout, piece, block);
