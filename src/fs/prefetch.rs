@@ -140,10 +140,12 @@ impl OpenPrefetch {
         let search = async move {
             let deadline = Instant::now() + read_timeout;
             let outcome = search_index(&torrent, file_index, deadline).await;
+            if let Ok(Some(pieces)) = &outcome {
+                torrent.hint(pieces.clone()).await;
+            }
             let mut searches = lock(&searches);
             match &outcome {
                 Ok(Some(pieces)) => {
-                    torrent.hint_nowait(pieces.clone());
                     searches.insert(file_index, IndexSearch::Found(pieces.clone()));
                 }
                 Ok(None) | Err(SearchError::TooManyReads | SearchError::BugNoProgress { .. }) => {

@@ -227,6 +227,12 @@ impl TorrentHandle {
         let _ = self.commands.try_send(Command::Hint { pieces });
     }
 
+    /// Hints pieces a reader will likely want soon, waiting for room in the actor's
+    /// queue (for tasks, where a hint found with effort should not be dropped).
+    pub async fn hint(&self, pieces: Vec<PieceIndex>) {
+        let _ = self.commands.send(Command::Hint { pieces }).await;
+    }
+
     /// Sets the read-ahead of one reader (an open file handle).
     pub async fn set_readahead(&self, reader: u64, pieces: Vec<PieceIndex>) {
         let _ = self
