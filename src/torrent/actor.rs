@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, warn};
 
 use super::choke::{ChokeCandidate, choose_unchoked};
-use super::partial::PartialPiece;
+use super::partial::{BlockState, PartialPiece};
 use super::{Command, StatusSnapshot, TorrentConfig, TorrentHandle, TorrentStats};
 use crate::cache::SharedCache;
 use crate::layout::Layout;
@@ -69,6 +69,9 @@ const BUMP_INTERVAL: Duration = Duration::from_millis(100);
 /// A demanded piece is shared among the peers that can send it, by rate; a peer with no
 /// measured rate yet counts as this fast.
 const SHARE_RATE_FLOOR: u64 = 1024 * 1024;
+/// A peer answers soon enough to share a demanded piece if its block latency is at most
+/// twice the quickest peer's plus this.
+const SHARE_LATENCY_SLACK: Duration = Duration::from_millis(1);
 /// Connections being opened at once (half-open), so a burst of dead addresses cannot
 /// delay good ones for long.
 const MAX_HALF_OPEN: usize = 16;
@@ -114,6 +117,9 @@ struct PeerSlot {
     last_downloaded: u64,
     last_uploaded: u64,
     last_block_at: Instant,
+    /// Smoothed time from a request to its block (None until a block came): a demanded
+    /// piece is not split onto peers much slower to answer than the quickest.
+    block_latency: Option<Duration>,
     unsolicited: u32,
     /// Requests we cancelled: a block for one of them may still come (it crossed our
     /// cancel on the wire) and is not held against the peer.
@@ -461,6 +467,7 @@ impl Actor {
                         last_downloaded: 0,
                         last_uploaded: 0,
                         last_block_at: now,
+                        block_latency: None,
                         unsolicited: 0,
                         cancelled: HashMap::new(),
                         last_bump: None,
@@ -747,6 +754,10 @@ impl Actor {
         let Some(partial) = self.partial.get_mut(&p) else {
             return;
         };
+        if let Some(BlockState::Requested { since, .. }) = partial.blocks().get(block as usize) {
+            let took = now.duration_since(*since);
+            slot.block_latency = Some(slot.block_latency.map_or(took, |l| (l * 3 + took) / 4));
+        }
         let Some(others) = partial.receive(block, offset, &data, key) else {
             return;
         };
@@ -972,7 +983,7 @@ impl Actor {
         let mut expired = Vec::new();
         for (piece, partial) in &self.partial {
             for (index, state) in partial.blocks().iter().enumerate() {
-                if let super::partial::BlockState::Requested { peers, since } = state
+                if let BlockState::Requested { peers, since } = state
                     && now.duration_since(*since) > REQUEST_TIMEOUT
                 {
                     for peer in peers {
@@ -1182,11 +1193,26 @@ impl Actor {
     /// that a read waits for the fastest split of its piece rather than one peer.
     fn demand_share(&self, key: PeerKey, piece: PieceIndex) -> u32 {
         let weight = |slot: &PeerSlot| slot.download_rate.max(SHARE_RATE_FLOOR);
+        let can_send = |k: &PeerKey, slot: &PeerSlot| {
+            let room = slot.inflight.len() < slot.queue_depth + DEMAND_EXTRA_DEPTH;
+            !slot.peer_choking && slot.has(piece) && (room || *k == key)
+        };
+        // Peers much slower to answer than the quickest one that can send would make the
+        // read wait for their share: leave them out (a peer not yet timed stays in).
+        let quickest = self
+            .peers
+            .iter()
+            .filter(|(k, slot)| can_send(k, slot))
+            .filter_map(|(_, slot)| slot.block_latency)
+            .min();
+        let answers_soon = |slot: &PeerSlot| match (quickest, slot.block_latency) {
+            (Some(best), Some(latency)) => latency <= best * 2 + SHARE_LATENCY_SLACK,
+            _ => true,
+        };
         let mut total = 0u64;
         let mut ours = 0u64;
         for (k, slot) in &self.peers {
-            let room = slot.inflight.len() < slot.queue_depth + DEMAND_EXTRA_DEPTH;
-            if !slot.peer_choking && slot.has(piece) && (room || *k == key) {
+            if can_send(k, slot) && answers_soon(slot) {
                 total += weight(slot);
                 if *k == key {
                     ours = weight(slot);
