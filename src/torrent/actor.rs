@@ -177,6 +177,13 @@ impl PeerSlot {
         self.has.get(piece.as_usize()).copied().unwrap_or(false)
     }
 
+    /// Requests that may be outstanding here when demanded blocks are among them: the
+    /// extra depth, but never beyond what the peer said it queues (its `reqq`), as the
+    /// excess would be rejected.
+    fn demand_limit(&self) -> usize {
+        (self.queue_depth + DEMAND_EXTRA_DEPTH).min(self.max_queue_depth)
+    }
+
     fn snubbed(&self, now: Instant) -> bool {
         !self.inflight.is_empty() && now.duration_since(self.last_block_at) > SNUB_AFTER
     }
@@ -1194,7 +1201,7 @@ impl Actor {
     fn demand_share(&self, key: PeerKey, piece: PieceIndex) -> u32 {
         let weight = |slot: &PeerSlot| slot.download_rate.max(SHARE_RATE_FLOOR);
         let can_send = |k: &PeerKey, slot: &PeerSlot| {
-            let room = slot.inflight.len() < slot.queue_depth + DEMAND_EXTRA_DEPTH;
+            let room = slot.inflight.len() < slot.demand_limit();
             !slot.peer_choking && slot.has(piece) && (room || *k == key)
         };
         // Peers much slower to answer than the quickest one that can send would make the
@@ -1228,6 +1235,13 @@ impl Actor {
 
     fn fill_peer(&mut self, key: PeerKey) {
         let now = Instant::now();
+        if self
+            .peers
+            .get(&key)
+            .is_none_or(|slot| slot.peer_choking || slot.has_count == 0)
+        {
+            return;
+        }
         let shares: HashMap<PieceIndex, u32> = self
             .wanted
             .iter()
@@ -1237,13 +1251,9 @@ impl Actor {
         let Some(slot) = self.peers.get_mut(&key) else {
             return;
         };
-        if slot.peer_choking || slot.has_count == 0 {
-            return;
-        }
         // Demanded blocks may use the extra depth; read-ahead only the base depth.
         let mut queued = slot.inflight.len();
-        // Never beyond what the peer said it queues (its `reqq`): excess is rejected.
-        let demand_limit = (slot.queue_depth + DEMAND_EXTRA_DEPTH).min(slot.max_queue_depth);
+        let demand_limit = slot.demand_limit();
         let readahead_limit = slot.queue_depth;
         for &(piece, urgency) in &self.wanted {
             let limit = match urgency {
