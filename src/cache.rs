@@ -27,6 +27,8 @@ pub struct InsertOutcome {
     pub cached: bool,
     /// Pieces dropped to make room (no longer available to readers or peers).
     pub evicted: Vec<PieceIndex>,
+    /// The evicted pieces' bytes: a buffer no reader still shares can be reused.
+    pub released: Vec<Bytes>,
 }
 
 /// Byte-bounded LRU of verified pieces.
@@ -82,7 +84,7 @@ impl PieceCache {
             self.entries.promote(&index);
             return InsertOutcome {
                 cached: true,
-                evicted: Vec::new(),
+                ..InsertOutcome::default()
             };
         }
         let len = piece.len_bytes() as u64;
@@ -104,6 +106,7 @@ impl PieceCache {
             if let Some(entry) = self.entries.pop(&victim) {
                 self.used_bytes -= entry.piece.len_bytes() as u64;
                 outcome.evicted.push(victim);
+                outcome.released.push(entry.piece.into_bytes());
             }
         }
         self.used_bytes += len;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +32,7 @@ use crate::store::PieceStore;
 use crate::swarm::{AddressBook, PeerSource};
 use crate::task;
 use crate::types::{BLOCK_SIZE, PeerId, PieceIndex};
-use crate::verify::{HashMismatch, VerifiedPiece, verify_piece};
+use crate::verify::{HashMismatch, PieceHasher, VerifiedPiece};
 use crate::wire::metadata::{METADATA_PIECE_LEN, MetadataMessage, OUR_UT_METADATA_ID};
 use crate::wire::pex::{MAX_PEX_PEERS, OUR_UT_PEX_ID, PexMessage};
 use crate::wire::{BlockRequest, ExtendedHandshake, Message};
@@ -89,6 +89,13 @@ const INCOMING_EXTRA: usize = 10;
 const PEX_EVERY: Duration = Duration::from_secs(60);
 /// Hash failures a peer may share in before it is banned.
 const MAX_STRIKES: u32 = 3;
+/// The last blocks of a piece, up to this many, are hashed in the actor (about 8 µs each
+/// here) rather than handed to a blocking thread and back.
+const INLINE_HASH_BLOCKS: usize = 2;
+/// Spare piece buffers kept for reuse, in bytes (at least one buffer is kept).
+const SPARE_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+/// Read-ahead blocks are handed to the hasher this many at a time (fewer hand-offs).
+const HASH_BATCH_BLOCKS: usize = 8;
 
 /// Urgency of a wanted piece: a read waits on it, or it is read-ahead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,10 +213,11 @@ struct Actor {
     /// Pieces the cache holds (mirrors it: only this actor inserts, and evictions happen
     /// only on insert).
     held: Vec<bool>,
+    /// Pieces being fetched, and those fully received whose hash is still running.
     partial: HashMap<PieceIndex, PartialPiece>,
-    verifying: HashSet<PieceIndex>,
-    /// Who sent the blocks of each piece being verified (blamed if the hash fails).
-    blame: HashMap<PieceIndex, Vec<PeerKey>>,
+    /// Buffers of evicted pieces no reader shares any more, reused for new pieces
+    /// (saves zeroing and faulting in fresh memory). At most `SPARE_BUFFER_BYTES`.
+    spare_buffers: Vec<BytesMut>,
     waiters: HashMap<PieceIndex, Vec<oneshot::Sender<Bytes>>>,
     demand_order: HashMap<PieceIndex, u64>,
     next_demand: u64,
@@ -232,7 +240,8 @@ struct Actor {
     /// Bytes uploaded over connections that have closed (the live ones add theirs).
     uploaded_by_closed: u64,
 
-    verified_tx: mpsc::UnboundedSender<(PieceIndex, Result<VerifiedPiece, HashMismatch>)>,
+    /// Hashers coming back from a blocking thread with a batch of blocks hashed.
+    hashed_tx: mpsc::UnboundedSender<(PieceIndex, PieceHasher)>,
 }
 
 /// Starts the actor of one torrent and returns its handle.
@@ -252,7 +261,7 @@ pub fn spawn_torrent(
     // Bounded: a reader that floods commands waits rather than growing memory.
     let (command_tx, command_rx) = mpsc::channel(1024);
     let (event_tx, event_rx) = mpsc::channel(4096);
-    let (verified_tx, verified_rx) = mpsc::unbounded_channel();
+    let (hashed_tx, hashed_rx) = mpsc::unbounded_channel();
     let peer_ctx = PeerContext {
         info_hash: meta.info_hash,
         our_id,
@@ -286,8 +295,7 @@ pub fn spawn_torrent(
         next_key: 1,
         held,
         partial: HashMap::new(),
-        verifying: HashSet::new(),
-        blame: HashMap::new(),
+        spare_buffers: Vec::new(),
         waiters: HashMap::new(),
         demand_order: HashMap::new(),
         next_demand: 0,
@@ -304,14 +312,14 @@ pub fn spawn_torrent(
         last_optimistic: now,
         last_pex: now,
         uploaded_by_closed: 0,
-        verified_tx,
+        hashed_tx,
     };
     let span = info_span!("torrent", name = %meta.name);
     task::spawn(
         &tasks,
         "torrent",
         span,
-        actor.run(command_rx, event_rx, verified_rx),
+        actor.run(command_rx, event_rx, hashed_rx),
     );
     TorrentHandle {
         info_hash: meta.info_hash,
@@ -330,7 +338,7 @@ impl Actor {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut events: mpsc::Receiver<PeerEvent>,
-        mut verified: mpsc::UnboundedReceiver<(PieceIndex, Result<VerifiedPiece, HashMismatch>)>,
+        mut hashed: mpsc::UnboundedReceiver<(PieceIndex, PieceHasher)>,
     ) -> Result<(), std::convert::Infallible> {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -338,7 +346,7 @@ impl Actor {
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
-                Some((piece, result)) = verified.recv() => self.on_verified(piece, result),
+                Some((piece, hasher)) = hashed.recv() => self.on_hashed(piece, hasher),
                 Some(event) = events.recv() => self.on_peer_event(event),
                 Some(command) = commands.recv() => self.on_command(command),
                 _ = tick.tick() => self.on_tick(),
@@ -765,7 +773,7 @@ impl Actor {
             let took = now.duration_since(*since);
             slot.block_latency = Some(slot.block_latency.map_or(took, |l| (l * 3 + took) / 4));
         }
-        let Some(others) = partial.receive(block, offset, &data, key) else {
+        let Some(others) = partial.receive(block, offset, data, key) else {
             return;
         };
         self.stats
@@ -777,31 +785,78 @@ impl Actor {
                 self.fill_peers.insert(other);
             }
         }
-        if partial.is_complete()
-            && let Some(done) = self.partial.remove(&p)
-        {
-            self.start_verify(p, done);
-        }
+        self.advance_hash(p);
     }
 
-    fn start_verify(&mut self, piece: PieceIndex, done: PartialPiece) {
-        let contributors = done.contributors.clone();
-        let bytes = done.into_bytes();
-        let Some(expected) = self.meta.piece_hashes.get(piece.as_usize()).copied() else {
+    /// Hands the piece's next received blocks to a blocking thread to hash, or checks the
+    /// piece once every block is in and hashed. A demanded piece hashes each block as it
+    /// comes, so its check waits for little more than its last block; read-ahead hashes
+    /// in batches, which costs fewer thread hand-offs.
+    fn advance_hash(&mut self, piece: PieceIndex) {
+        let demanded = self.demand_order.contains_key(&piece);
+        let Some(partial) = self.partial.get_mut(&piece) else {
             return;
         };
-        self.verifying.insert(piece);
-        // Remember who sent it, in case the hash fails.
-        self.blame.insert(piece, contributors);
-        let tx = self.verified_tx.clone();
+        if partial.is_hashed() {
+            if let Some(done) = self.partial.remove(&piece) {
+                self.check_piece(piece, done);
+            }
+            return;
+        }
+        let min_blocks = if demanded { 1 } else { HASH_BATCH_BLOCKS };
+        let Some(batch) = partial.take_hash_batch(min_blocks) else {
+            return;
+        };
+        if partial.is_complete() && batch.len_blocks() <= INLINE_HASH_BLOCKS {
+            // The last block or two: hashing here is quicker than a hand-off.
+            partial.return_hasher(batch.run());
+            return self.advance_hash(piece);
+        }
+        let tx = self.hashed_tx.clone();
         self.tasks.spawn_blocking(move || {
-            let _ = tx.send((piece, verify_piece(piece, bytes, &expected)));
+            let _ = tx.send((piece, batch.run()));
         });
     }
 
-    fn on_verified(&mut self, piece: PieceIndex, result: Result<VerifiedPiece, HashMismatch>) {
-        self.verifying.remove(&piece);
-        let contributors = self.blame.remove(&piece).unwrap_or_default();
+    fn on_hashed(&mut self, piece: PieceIndex, hasher: PieceHasher) {
+        // A piece is only checked once its hasher is back, so the partial is still here.
+        if let Some(partial) = self.partial.get_mut(&piece) {
+            partial.return_hasher(hasher);
+            self.advance_hash(piece);
+        }
+    }
+
+    /// Keeps the buffers of evicted pieces that nobody else holds, for the next pieces.
+    fn keep_spare_buffers(&mut self, released: Vec<Bytes>) {
+        let piece_len = self.layout.piece_length() as usize;
+        for bytes in released {
+            let room = (self.spare_buffers.len() + 1) * piece_len <= SPARE_BUFFER_BYTES
+                || self.spare_buffers.is_empty();
+            if !room || bytes.len() != piece_len {
+                continue;
+            }
+            if let Ok(buf) = bytes.try_into_mut() {
+                self.spare_buffers.push(buf);
+            }
+        }
+    }
+
+    /// Compares the digest of a fully received and hashed piece with the metainfo's.
+    fn check_piece(&mut self, piece: PieceIndex, done: PartialPiece) {
+        let Some(expected) = self.meta.piece_hashes.get(piece.as_usize()).copied() else {
+            return;
+        };
+        let contributors = done.contributors.clone();
+        let result = done.verify(piece, &expected);
+        self.on_verified(piece, result, contributors);
+    }
+
+    fn on_verified(
+        &mut self,
+        piece: PieceIndex,
+        result: Result<VerifiedPiece, HashMismatch>,
+        contributors: Vec<PeerKey>,
+    ) {
         self.wanted_dirty = true;
         self.fill_all = true;
         match result {
@@ -815,6 +870,7 @@ impl Actor {
                         *h = false;
                     }
                 }
+                self.keep_spare_buffers(outcome.released);
                 if outcome.cached {
                     if let Some(h) = self.held.get_mut(piece.as_usize()) {
                         *h = true;
@@ -1167,7 +1223,6 @@ impl Actor {
         }
         let demand_waits = self.demand_order.keys().any(|piece| {
             slot.has(*piece)
-                && !self.verifying.contains(piece)
                 && self
                     .partial
                     .get(piece)
@@ -1266,16 +1321,13 @@ impl Actor {
                 }
                 continue;
             }
-            if !slot.has(piece)
-                || self.held.get(piece.as_usize()).copied().unwrap_or(true)
-                || self.verifying.contains(&piece)
-            {
+            if !slot.has(piece) || self.held.get(piece.as_usize()).copied().unwrap_or(true) {
                 continue;
             }
-            let partial = self
-                .partial
-                .entry(piece)
-                .or_insert_with(|| PartialPiece::new(&self.layout, piece));
+            let partial = self.partial.entry(piece).or_insert_with(|| {
+                let spare = self.spare_buffers.pop();
+                PartialPiece::new(&self.layout, piece, spare)
+            });
             // A demanded piece is split among the peers that can send it; read-ahead
             // takes what the queue allows.
             let mut allowed = match urgency {
@@ -1312,8 +1364,8 @@ impl Actor {
         let mut parts = Vec::new();
         for piece in pieces {
             let having: Vec<&PeerSlot> = self.peers.values().filter(|s| s.has(*piece)).collect();
-            let why = if self.verifying.contains(piece) {
-                "being verified".to_string()
+            let why = if self.partial.get(piece).is_some_and(|p| p.is_complete()) {
+                "every block received, being verified".to_string()
             } else if having.is_empty() {
                 format!(
                     "no connected peer has it ({} connected, {} addresses known)",

@@ -1,4 +1,8 @@
-//! A piece being downloaded: its buffer and the state of each block.
+//! A piece being downloaded: its buffer, the state of each block, and its running SHA-1.
+//!
+//! Blocks are hashed in order as they arrive, in batches the actor hands to a blocking
+//! thread (`take_hash_batch`), so by the time the last block is in, the hash is nearly
+//! done and the actor never spends its own time on SHA-1.
 
 use tokio::time::Instant;
 
@@ -6,7 +10,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::layout::Layout;
 use crate::peer::PeerKey;
-use crate::types::PieceIndex;
+use crate::types::{PieceIndex, Sha1Digest};
+use crate::verify::{HashMismatch, PieceHasher, VerifiedPiece};
 
 /// At most this many peers are asked for one block at once (endgame duplicates).
 pub const MAX_REQUESTS_PER_BLOCK: usize = 2;
@@ -25,18 +30,39 @@ pub struct PartialPiece {
     blocks: Vec<BlockState>,
     open: u32,
     missing: u32,
+    /// No block before this one is open (where the search for one starts).
+    first_open: usize,
+    /// Each received block as it came off the wire, kept until it is handed to the hasher.
+    /// The buffer holds a copy of the same bytes, so what is hashed is what is kept.
+    unhashed: Vec<Option<Bytes>>,
+    /// The first block not yet handed to the hasher.
+    next_to_hash: usize,
+    /// The running SHA-1 of the blocks before `next_to_hash`; `None` while a batch is
+    /// being hashed elsewhere.
+    hasher: Option<PieceHasher>,
     /// Peers that sent at least one block (blamed together if the hash fails).
     pub contributors: Vec<PeerKey>,
 }
 
 impl PartialPiece {
-    pub fn new(layout: &Layout, piece: PieceIndex) -> Self {
+    /// A piece with no block yet. `spare` is a buffer to reuse when it has the piece's
+    /// length (every byte of it is overwritten by the blocks before the piece is used).
+    pub fn new(layout: &Layout, piece: PieceIndex, spare: Option<BytesMut>) -> Self {
         let count = layout.block_count(piece);
+        let len = layout.piece_len(piece) as usize;
+        let buf = match spare {
+            Some(buf) if buf.len() == len => buf,
+            _ => BytesMut::zeroed(len),
+        };
         PartialPiece {
-            buf: BytesMut::zeroed(layout.piece_len(piece) as usize),
+            buf,
             blocks: vec![BlockState::Open; count as usize],
             open: count,
             missing: count,
+            first_open: 0,
+            unhashed: vec![None; count as usize],
+            next_to_hash: 0,
+            hasher: Some(PieceHasher::new()),
             contributors: Vec::new(),
         }
     }
@@ -69,10 +95,16 @@ impl PartialPiece {
 
     /// Marks the first open block as requested from `peer`; returns its index.
     pub fn request_open(&mut self, peer: PeerKey, now: Instant) -> Option<u32> {
-        let index = self
-            .blocks
-            .iter()
-            .position(|b| matches!(b, BlockState::Open))?;
+        if self.open == 0 {
+            return None;
+        }
+        let index = self.first_open
+            + self
+                .blocks
+                .get(self.first_open..)?
+                .iter()
+                .position(|b| matches!(b, BlockState::Open))?;
+        self.first_open = index + 1;
         self.blocks[index] = BlockState::Requested {
             peers: vec![peer],
             since: now,
@@ -112,6 +144,7 @@ impl PartialPiece {
             if peers.is_empty() {
                 *state = BlockState::Open;
                 self.open += 1;
+                self.first_open = self.first_open.min(block as usize);
             }
         }
     }
@@ -127,6 +160,7 @@ impl PartialPiece {
                 self.open += 1;
             }
         }
+        self.first_open = 0;
         taken
     }
 
@@ -136,7 +170,7 @@ impl PartialPiece {
         &mut self,
         block: u32,
         piece_offset: u32,
-        data: &[u8],
+        data: Bytes,
         from: PeerKey,
     ) -> Option<Vec<PeerKey>> {
         let state = self.blocks.get_mut(block as usize)?;
@@ -152,7 +186,10 @@ impl PartialPiece {
         };
         let start = piece_offset as usize;
         let target = self.buf.get_mut(start..start + data.len())?;
-        target.copy_from_slice(data);
+        target.copy_from_slice(&data);
+        if let Some(unhashed) = self.unhashed.get_mut(block as usize) {
+            *unhashed = Some(data);
+        }
         *state = BlockState::Done;
         self.missing -= 1;
         if !self.contributors.contains(&from) {
@@ -161,9 +198,69 @@ impl PartialPiece {
         Some(others)
     }
 
-    /// The assembled bytes, once every block is in.
-    pub fn into_bytes(self) -> Bytes {
-        self.buf.freeze()
+    /// The received blocks the hasher takes next, with the hasher itself: when it is not
+    /// busy and at least `min_blocks` blocks in a row are ready, or every block left is.
+    /// Hash them with `HashBatch::run` and give the hasher back with `return_hasher`.
+    pub fn take_hash_batch(&mut self, min_blocks: usize) -> Option<HashBatch> {
+        self.hasher.as_ref()?;
+        let ready = self.unhashed[self.next_to_hash..]
+            .iter()
+            .take_while(|b| b.is_some())
+            .count();
+        let to_end = self.next_to_hash + ready == self.unhashed.len();
+        if ready == 0 || (ready < min_blocks && !to_end) {
+            return None;
+        }
+        let hasher = self.hasher.take()?;
+        let blocks = self.unhashed[self.next_to_hash..self.next_to_hash + ready]
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        self.next_to_hash += ready;
+        Some(HashBatch { hasher, blocks })
+    }
+
+    /// The hasher is back from hashing a batch.
+    pub fn return_hasher(&mut self, hasher: PieceHasher) {
+        self.hasher = Some(hasher);
+    }
+
+    /// Every block is in and hashed: `verify` only compares digests.
+    pub fn is_hashed(&self) -> bool {
+        self.is_complete() && self.hasher.is_some() && self.next_to_hash == self.unhashed.len()
+    }
+
+    /// Checks the assembled piece against `expected`, once every block is in. Whatever
+    /// the hasher has not seen is hashed here.
+    pub fn verify(
+        self,
+        index: PieceIndex,
+        expected: &Sha1Digest,
+    ) -> Result<VerifiedPiece, HashMismatch> {
+        // A hasher still out has seen only part of the bytes: start over from the buffer.
+        let hasher = self.hasher.unwrap_or_default();
+        hasher.finish(index, self.buf.freeze(), expected)
+    }
+}
+
+/// Blocks of one piece, in order from where its hash stopped, with the hasher.
+#[derive(Debug)]
+pub struct HashBatch {
+    hasher: PieceHasher,
+    blocks: Vec<Bytes>,
+}
+
+impl HashBatch {
+    pub fn len_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Hashes the blocks (CPU-bound: about 0.7 ms per MiB here) and returns the hasher.
+    pub fn run(mut self) -> PieceHasher {
+        for block in &self.blocks {
+            self.hasher.update(block);
+        }
+        self.hasher
     }
 }
 
@@ -171,13 +268,14 @@ impl PartialPiece {
 #[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
+    use sha1::{Digest, Sha1};
     use std::time::Duration;
 
     #[test]
     fn blocks_move_open_requested_done_and_duplicates_are_reported() {
         let layout = Layout::from_parts(40_000, 40_000, vec![0..40_000]);
         let piece = layout.piece(0).unwrap();
-        let mut p = PartialPiece::new(&layout, piece);
+        let mut p = PartialPiece::new(&layout, piece, None);
         let now = Instant::now();
         assert_eq!(p.open_blocks(), 3);
         assert_eq!(p.request_open(1, now), Some(0));
@@ -187,20 +285,67 @@ mod tests {
             None,
             "two peers per block at most"
         );
-        let data = vec![7u8; 16384];
-        assert_eq!(p.receive(0, 0, &data, 2), Some(vec![1]));
-        assert_eq!(p.receive(0, 0, &data, 1), None);
+        let data = Bytes::from(vec![7u8; 16384]);
+        assert_eq!(p.receive(0, 0, data.clone(), 2), Some(vec![1]));
+        assert_eq!(p.receive(0, 0, data.clone(), 1), None);
         p.request_open(1, now);
         p.forget_request(1, 1);
         assert_eq!(p.open_blocks(), 2);
         assert!(!p.is_complete());
+        assert!(p.take_hash_batch(2).is_none(), "one block ready, two asked");
+        let first = p.take_hash_batch(1).expect("block 0 is ready");
+        assert_eq!(first.len_blocks(), 1);
+        assert!(p.take_hash_batch(1).is_none(), "the hasher is out");
+        p.return_hasher(first.run());
         let last = layout.block(piece, 2);
-        p.receive(1, 16384, &data, 1).unwrap();
-        p.receive(2, last.piece_offset, &vec![9u8; last.len_bytes as usize], 1)
-            .unwrap();
+        let tail = Bytes::from(vec![9u8; last.len_bytes as usize]);
+        p.receive(2, last.piece_offset, tail.clone(), 1).unwrap();
+        assert!(p.take_hash_batch(1).is_none(), "block 2 waits for block 1");
+        p.receive(1, 16384, data.clone(), 1).unwrap();
         assert!(p.is_complete());
-        let bytes = p.into_bytes();
+        assert!(!p.is_hashed());
+        let rest = p
+            .take_hash_batch(8)
+            .expect("the rest of the piece, however short");
+        assert_eq!(rest.len_blocks(), 2);
+        p.return_hasher(rest.run());
+        assert!(p.is_hashed());
+        let whole = [&data[..], &data[..], &tail[..]].concat();
+        let expected: Sha1Digest = Sha1::digest(&whole).into();
+        let bytes = p.verify(piece, &expected).unwrap().bytes().clone();
         assert_eq!(bytes[0], 7);
         assert_eq!(bytes[39_999], 9);
+    }
+
+    #[test]
+    fn open_blocks_are_handed_out_in_order_and_a_forgotten_one_comes_back_first() {
+        let layout = Layout::from_parts(65_536, 65_536, vec![0..65_536]);
+        let piece = layout.piece(0).unwrap();
+        let spare = BytesMut::from(&[5u8; 65_536][..]);
+        let mut p = PartialPiece::new(&layout, piece, Some(spare));
+        let now = Instant::now();
+        assert_eq!(p.request_open(1, now), Some(0));
+        assert_eq!(p.request_open(1, now), Some(1));
+        assert_eq!(p.request_open(2, now), Some(2));
+        p.forget_request(1, 1);
+        assert_eq!(p.request_open(2, now), Some(1), "the forgotten block first");
+        assert_eq!(p.request_open(2, now), Some(3));
+        assert_eq!(p.request_open(2, now), None);
+        assert_eq!(p.take_requests().len(), 4);
+        assert_eq!(p.request_open(3, now), Some(0), "all open again");
+    }
+
+    #[test]
+    fn a_piece_verified_with_its_hasher_out_is_hashed_whole() {
+        let layout = Layout::from_parts(20_000, 20_000, vec![0..20_000]);
+        let piece = layout.piece(0).unwrap();
+        let mut p = PartialPiece::new(&layout, piece, None);
+        let head = Bytes::from(vec![1u8; 16384]);
+        let tail = Bytes::from(vec![2u8; 20_000 - 16384]);
+        p.receive(0, 0, head.clone(), 1).unwrap();
+        let _out = p.take_hash_batch(1).unwrap();
+        p.receive(1, 16384, tail.clone(), 1).unwrap();
+        let expected: Sha1Digest = Sha1::digest([&head[..], &tail[..]].concat()).into();
+        assert!(p.verify(piece, &expected).is_ok());
     }
 }
