@@ -233,8 +233,6 @@ async fn read_loop(
         match message {
             Message::KeepAlive => {}
             Message::Request(request) => {
-                // A full queue means the peer asks faster than it reads: refuse the excess
-                // (with the Fast extension it learns so at once; without, it times out).
                 // A full queue means the peer asks faster than it reads. With the Fast
                 // extension it is told at once (Reject); without, reading from it waits
                 // until the queue drains, which slows a flood to what we serve.
