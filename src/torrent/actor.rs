@@ -92,6 +92,9 @@ const MAX_STRIKES: u32 = 3;
 /// The last blocks of a piece, up to this many, are hashed in the actor (about 8 µs each
 /// here) rather than handed to a blocking thread and back.
 const INLINE_HASH_BLOCKS: usize = 2;
+/// At most this many waiting peer events are handled between two fills (about 16 blocks:
+/// a fraction of a millisecond, well inside any peer's queue).
+const EVENT_BURST: usize = 16;
 /// Spare piece buffers kept for reuse, in bytes (at least one buffer is kept).
 const SPARE_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 /// Read-ahead blocks are handed to the hasher this many at a time (fewer hand-offs).
@@ -347,7 +350,15 @@ impl Actor {
                 biased;
                 () = self.shutdown.cancelled() => break,
                 Some((piece, hasher)) = hashed.recv() => self.on_hashed(piece, hasher),
-                Some(event) = events.recv() => self.on_peer_event(event),
+                Some(event) = events.recv() => {
+                    self.on_peer_event(event);
+                    // Events that came in a burst (mostly blocks) are all taken before
+                    // the next fill, which then runs once for the lot.
+                    for _ in 1..EVENT_BURST {
+                        let Ok(event) = events.try_recv() else { break };
+                        self.on_peer_event(event);
+                    }
+                }
                 Some(command) = commands.recv() => self.on_command(command),
                 _ = tick.tick() => self.on_tick(),
             }
