@@ -323,7 +323,7 @@ fn a_demand_overtakes_readahead_queued_at_a_peer() {
             let log = slow.wire_log();
             let asked = log
                 .iter()
-                .position(|e| *e == WireEvent::Asked(far))
+                .position(|e| matches!(e, WireEvent::Asked(p, _) if *p == far))
                 .expect("the far piece was never requested");
             let done = log
                 .iter()
@@ -331,7 +331,7 @@ fn a_demand_overtakes_readahead_queued_at_a_peer() {
                 .expect("the far piece was never served");
             let queued_before = log[..asked]
                 .iter()
-                .filter(|e| matches!(e, WireEvent::Asked(p) if *p != far))
+                .filter(|e| matches!(e, WireEvent::Asked(p, _) if *p != far))
                 .count()
                 - log[..asked]
                     .iter()
@@ -354,6 +354,69 @@ fn a_demand_overtakes_readahead_queued_at_a_peer() {
             );
             drop(seeking);
             drop(streaming);
+            stop_cleanly(mount);
+        },
+    );
+}
+
+/// A demanded piece is asked of its peers a stripe of blocks each in turn, so blocks from
+/// its start arrive from every peer at once and its hash keeps up with them.
+#[test]
+fn a_demanded_piece_is_asked_of_its_peers_in_stripes() {
+    fuse_test(
+        "a_demanded_piece_is_asked_of_its_peers_in_stripes",
+        TEST_LIMIT,
+        || {
+            // 16 MiB in 1 MiB pieces: 64 blocks a piece.
+            let payload = Payload::make(16, 1024, false, DEAD_TRACKER);
+            let first = TestSeeder::start(Behaviour::Honest, &payload);
+            let second = TestSeeder::start(Behaviour::Honest, &payload);
+            let mount = mount_with(&payload, &[&first, &second], &[]);
+            let file = &payload.files[0];
+            let path = mount.path().join(&file.rel);
+            // Both seeders connect and unchoke within milliseconds; give them a second.
+            std::thread::sleep(Duration::from_secs(1));
+            let blocks_asked = |seeder: &TestSeeder, piece: u32| -> Vec<u32> {
+                let log = seeder.wire_log();
+                log.iter()
+                    .filter_map(|e| match e {
+                        WireEvent::Asked(p, offset) if *p == piece => Some(offset / 16384),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            let mut checked = None;
+            for piece in [3u32, 7, 11] {
+                let reader = File::open(&path).unwrap();
+                let offset = u64::from(piece) << 20;
+                let mut buf = vec![0u8; 64 * 1024];
+                reader.read_exact_at(&mut buf, offset).unwrap();
+                assert_eq!(buf, payload.read_range(file, offset, buf.len()));
+                let (a, b) = (blocks_asked(&first, piece), blocks_asked(&second, piece));
+                if a.is_empty() || b.is_empty() {
+                    continue;
+                }
+                // In stripes, both seeders are asked for blocks near the start and near
+                // the end; as two halves, one of them has none of the first eight.
+                for (name, blocks) in [("first", &a), ("second", &b)] {
+                    let low = blocks.iter().min().copied().unwrap_or(u32::MAX);
+                    let high = blocks.iter().max().copied().unwrap_or(0);
+                    assert!(
+                        low < 8 && high >= 48,
+                        "piece {piece}: the {name} seeder was asked for blocks {blocks:?}, \
+                         not stripes across the piece (the other: {a:?} / {b:?})"
+                    );
+                }
+                checked = Some(piece);
+                break;
+            }
+            assert!(
+                checked.is_some(),
+                "no demanded piece was asked of both seeders, so nothing was tested: first \
+                 seeder served {}, second {}",
+                first.blocks_served(),
+                second.blocks_served()
+            );
             stop_cleanly(mount);
         },
     );

@@ -92,6 +92,8 @@ const MAX_STRIKES: u32 = 3;
 /// The last blocks of a piece, up to this many, are hashed in the actor (about 8 µs each
 /// here) rather than handed to a blocking thread and back.
 const INLINE_HASH_BLOCKS: usize = 2;
+/// A demanded piece's blocks are handed to its peers in turn, this many at a time.
+const DEMAND_STRIPE_BLOCKS: u32 = 4;
 /// At most this many waiting peer events are handled between two fills (about 16 blocks:
 /// a fraction of a millisecond, well inside any peer's queue).
 const EVENT_BURST: usize = 16;
@@ -1210,8 +1212,10 @@ impl Actor {
         // Peers that give most go first, so the most urgent blocks go to the fastest.
         let mut keys = keys;
         keys.sort_by_key(|k| std::cmp::Reverse(self.peers.get(k).map_or(0, |s| s.download_rate)));
-        for key in keys {
-            self.fill_peer(key);
+        // A demanded piece is handed out a stripe per peer per pass, so its blocks arrive
+        // from all its peers from the start onwards and the hash keeps up with them.
+        while !keys.is_empty() {
+            keys.retain(|key| self.fill_peer(*key));
         }
     }
 
@@ -1299,14 +1303,18 @@ impl Actor {
         u32::try_from((blocks * ours).div_ceil(total)).unwrap_or(u32::MAX)
     }
 
-    fn fill_peer(&mut self, key: PeerKey) {
+    /// Asks `key` for blocks: demanded pieces first, at most a stripe of each per call,
+    /// then read-ahead. Returns true when it took a stripe and its share of a demanded
+    /// piece is not used up: call it again after the other peers took theirs (its
+    /// read-ahead waits until then, behind all of its demanded blocks).
+    fn fill_peer(&mut self, key: PeerKey) -> bool {
         let now = Instant::now();
         if self
             .peers
             .get(&key)
             .is_none_or(|slot| slot.peer_choking || slot.has_count == 0)
         {
-            return;
+            return false;
         }
         let shares: HashMap<PieceIndex, u32> = self
             .wanted
@@ -1315,13 +1323,17 @@ impl Actor {
             .map(|(piece, _)| (*piece, self.demand_share(key, *piece)))
             .collect();
         let Some(slot) = self.peers.get_mut(&key) else {
-            return;
+            return false;
         };
         // Demanded blocks may use the extra depth; read-ahead only the base depth.
         let mut queued = slot.inflight.len();
+        let mut again = false;
         let demand_limit = slot.demand_limit();
         let readahead_limit = slot.queue_depth;
         for &(piece, urgency) in &self.wanted {
+            if again && urgency == Urgency::Readahead {
+                break;
+            }
             let limit = match urgency {
                 Urgency::Demand => demand_limit,
                 Urgency::Readahead => readahead_limit,
@@ -1341,7 +1353,7 @@ impl Actor {
             });
             // A demanded piece is split among the peers that can send it; read-ahead
             // takes what the queue allows.
-            let mut allowed = match urgency {
+            let share_left = match urgency {
                 Urgency::Demand => shares
                     .get(&piece)
                     .copied()
@@ -1349,6 +1361,11 @@ impl Actor {
                     .saturating_sub(partial.requested_from(key)),
                 Urgency::Readahead => u32::MAX,
             };
+            let mut allowed = match urgency {
+                Urgency::Demand => share_left.min(DEMAND_STRIPE_BLOCKS),
+                Urgency::Readahead => u32::MAX,
+            };
+            let mut took = 0;
             while queued < limit && allowed > 0 {
                 let Some(block) = partial.request_open(key, now) else {
                     break;
@@ -1356,8 +1373,16 @@ impl Actor {
                 send_request(slot, &self.layout, piece, block);
                 queued += 1;
                 allowed -= 1;
+                took += 1;
             }
-            if urgency == Urgency::Demand && partial.open_blocks() == 0 {
+            if urgency == Urgency::Demand
+                && took == DEMAND_STRIPE_BLOCKS
+                && share_left > took
+                && partial.open_blocks() > 0
+            {
+                again = true;
+            }
+            if urgency == Urgency::Demand && partial.open_blocks() == 0 && !again {
                 while queued < limit {
                     let Some(block) = partial.request_duplicate(key, now, ENDGAME_MIN_AGE) else {
                         break;
@@ -1367,6 +1392,7 @@ impl Actor {
                 }
             }
         }
+        again
     }
 
     // ----- reporting -----

@@ -140,8 +140,8 @@ struct Shared {
 /// What one seeder saw and did, in order, over all its connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WireEvent {
-    /// A Request for a block of this piece arrived.
-    Asked(u32),
+    /// A Request for the block of this piece at this offset arrived.
+    Asked(u32, u32),
     /// A block of this piece was sent.
     Served(u32),
 }
@@ -331,7 +331,7 @@ async fn serve_messages(stream: TcpStream, shared: &Shared) -> anyhow::Result<()
                         outgoing.send(&Message::Unchoke).await?;
                     }
                     Message::Request(request) if unchoked => {
-                        shared.wire_log.lock().unwrap().push(WireEvent::Asked(request.piece));
+                        shared.wire_log.lock().unwrap().push(WireEvent::Asked(request.piece, request.offset));
                         if queue.is_empty() {
                             next_block_at = Instant::now() + delay;
                         }
