@@ -89,9 +89,9 @@ const INCOMING_EXTRA: usize = 10;
 const PEX_EVERY: Duration = Duration::from_secs(60);
 /// Hash failures a peer may share in before it is banned.
 const MAX_STRIKES: u32 = 3;
-/// The last blocks of a piece, up to this many, are hashed in the actor (about 8 µs each
-/// here) rather than handed to a blocking thread and back.
-const INLINE_HASH_BLOCKS: usize = 2;
+/// What is left to hash of a complete piece, up to this many bytes (a block or two, about
+/// 9 µs per block here), is hashed in the actor rather than handed to a blocking thread.
+const INLINE_HASH_BYTES: usize = 32 * 1024;
 /// A demanded piece's blocks are handed to its peers in turn, this many at a time.
 const DEMAND_STRIPE_BLOCKS: u32 = 4;
 /// At most this many waiting peer events are handled between two fills (about 16 blocks:
@@ -99,8 +99,6 @@ const DEMAND_STRIPE_BLOCKS: u32 = 4;
 const EVENT_BURST: usize = 16;
 /// Spare piece buffers kept for reuse, in bytes (at least one buffer is kept).
 const SPARE_BUFFER_BYTES: usize = 8 * 1024 * 1024;
-/// Read-ahead blocks are handed to the hasher this many at a time (fewer hand-offs).
-const HASH_BATCH_BLOCKS: usize = 8;
 
 /// Urgency of a wanted piece: a read waits on it, or it is read-ahead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -786,7 +784,9 @@ impl Actor {
             let took = now.duration_since(*since);
             slot.block_latency = Some(slot.block_latency.map_or(took, |l| (l * 3 + took) / 4));
         }
-        let Some(others) = partial.receive(block, offset, data, key) else {
+        // A read waits for a demanded piece: keep its blocks to hash as they come.
+        let keep = self.demand_order.contains_key(&p);
+        let Some(others) = partial.receive(block, offset, data, key, keep) else {
             return;
         };
         self.stats
@@ -803,10 +803,9 @@ impl Actor {
 
     /// Hands the piece's next received blocks to a blocking thread to hash, or checks the
     /// piece once every block is in and hashed. A demanded piece hashes each block as it
-    /// comes, so its check waits for little more than its last block; read-ahead hashes
-    /// in batches, which costs fewer thread hand-offs.
+    /// comes, so its check waits for little more than its last block; other pieces are
+    /// hashed once complete, from where their hash stopped.
     fn advance_hash(&mut self, piece: PieceIndex) {
-        let demanded = self.demand_order.contains_key(&piece);
         let Some(partial) = self.partial.get_mut(&piece) else {
             return;
         };
@@ -816,11 +815,15 @@ impl Actor {
             }
             return;
         }
-        let min_blocks = if demanded { 1 } else { HASH_BATCH_BLOCKS };
-        let Some(batch) = partial.take_hash_batch(min_blocks) else {
+        let batch = if partial.is_complete() {
+            partial.take_rest_batch()
+        } else {
+            partial.take_hash_batch(1)
+        };
+        let Some(batch) = batch else {
             return;
         };
-        if partial.is_complete() && batch.len_blocks() <= INLINE_HASH_BLOCKS {
+        if partial.is_complete() && batch.len_bytes() <= INLINE_HASH_BYTES {
             // The last block or two: hashing here is quicker than a hand-off.
             partial.return_hasher(batch.run());
             return self.advance_hash(piece);

@@ -1,8 +1,10 @@
 //! A piece being downloaded: its buffer, the state of each block, and its running SHA-1.
 //!
-//! Blocks are hashed in order as they arrive, in batches the actor hands to a blocking
-//! thread (`take_hash_batch`), so by the time the last block is in, the hash is nearly
-//! done and the actor never spends its own time on SHA-1.
+//! A piece a reader waits for keeps its blocks as they came off the wire and hashes them in
+//! order as they arrive (`take_hash_batch`, on a blocking thread), so by the time its last
+//! block is in, the hash is nearly done. Other pieces drop the wire bytes once copied (a
+//! wire buffer holds many blocks, so keeping one keeps them all) and are hashed whole, or
+//! from where the hash stopped, once complete (`take_rest_batch`).
 
 use tokio::time::Instant;
 
@@ -27,13 +29,16 @@ pub enum BlockState {
 #[derive(Debug)]
 pub struct PartialPiece {
     buf: BytesMut,
+    len: usize,
+    /// The buffer, frozen once complete and handed to the hasher for what is left.
+    frozen: Option<Bytes>,
     blocks: Vec<BlockState>,
     open: u32,
     missing: u32,
     /// No block before this one is open (where the search for one starts).
     first_open: usize,
-    /// Each received block as it came off the wire, kept until it is handed to the hasher.
-    /// The buffer holds a copy of the same bytes, so what is hashed is what is kept.
+    /// Blocks kept as they came off the wire (`receive` with `keep`), until handed to the
+    /// hasher. The buffer holds a copy of the same bytes, so what is hashed is what is kept.
     unhashed: Vec<Option<Bytes>>,
     /// The first block not yet handed to the hasher.
     next_to_hash: usize,
@@ -56,6 +61,8 @@ impl PartialPiece {
         };
         PartialPiece {
             buf,
+            len,
+            frozen: None,
             blocks: vec![BlockState::Open; count as usize],
             open: count,
             missing: count,
@@ -164,7 +171,7 @@ impl PartialPiece {
         taken
     }
 
-    /// Stores a received block; returns the other peers that were also asked for it (to
+    /// Stores a received block (and keeps `data` for the hasher if `keep`); returns the other peers that were also asked for it (to
     /// cancel), or `None` when the block was already done (a late duplicate).
     pub fn receive(
         &mut self,
@@ -172,6 +179,7 @@ impl PartialPiece {
         piece_offset: u32,
         data: Bytes,
         from: PeerKey,
+        keep: bool,
     ) -> Option<Vec<PeerKey>> {
         let state = self.blocks.get_mut(block as usize)?;
         let others = match state {
@@ -187,7 +195,7 @@ impl PartialPiece {
         let start = piece_offset as usize;
         let target = self.buf.get_mut(start..start + data.len())?;
         target.copy_from_slice(&data);
-        if let Some(unhashed) = self.unhashed.get_mut(block as usize) {
+        if keep && let Some(unhashed) = self.unhashed.get_mut(block as usize) {
             *unhashed = Some(data);
         }
         *state = BlockState::Done;
@@ -202,6 +210,9 @@ impl PartialPiece {
     /// busy and at least `min_blocks` blocks in a row are ready, or every block left is.
     /// Hash them with `HashBatch::run` and give the hasher back with `return_hasher`.
     pub fn take_hash_batch(&mut self, min_blocks: usize) -> Option<HashBatch> {
+        if self.frozen.is_some() {
+            return None;
+        }
         self.hasher.as_ref()?;
         let ready = self.unhashed[self.next_to_hash..]
             .iter()
@@ -220,6 +231,30 @@ impl PartialPiece {
         Some(HashBatch { hasher, blocks })
     }
 
+    /// Once every block is in: the rest of the piece from where the hash stopped, with the
+    /// hasher (the buffer is frozen, so nothing changes under it).
+    pub fn take_rest_batch(&mut self) -> Option<HashBatch> {
+        let hashed = self.hasher.as_ref()?.hashed_len();
+        if !self.is_complete() || hashed >= self.len {
+            return None;
+        }
+        let bytes = match &self.frozen {
+            Some(bytes) => bytes.clone(),
+            None => {
+                let bytes = std::mem::take(&mut self.buf).freeze();
+                self.frozen = Some(bytes.clone());
+                bytes
+            }
+        };
+        let hasher = self.hasher.take()?;
+        self.unhashed.iter_mut().for_each(|b| *b = None);
+        self.next_to_hash = self.unhashed.len();
+        Some(HashBatch {
+            hasher,
+            blocks: vec![bytes.slice(hashed..)],
+        })
+    }
+
     /// The hasher is back from hashing a batch.
     pub fn return_hasher(&mut self, hasher: PieceHasher) {
         self.hasher = Some(hasher);
@@ -227,7 +262,11 @@ impl PartialPiece {
 
     /// Every block is in and hashed: `verify` only compares digests.
     pub fn is_hashed(&self) -> bool {
-        self.is_complete() && self.hasher.is_some() && self.next_to_hash == self.unhashed.len()
+        self.is_complete()
+            && self
+                .hasher
+                .as_ref()
+                .is_some_and(|h| h.hashed_len() == self.len)
     }
 
     /// Checks the assembled piece against `expected`, once every block is in. Whatever
@@ -239,7 +278,8 @@ impl PartialPiece {
     ) -> Result<VerifiedPiece, HashMismatch> {
         // A hasher still out has seen only part of the bytes: start over from the buffer.
         let hasher = self.hasher.unwrap_or_default();
-        hasher.finish(index, self.buf.freeze(), expected)
+        let bytes = self.frozen.unwrap_or_else(|| self.buf.freeze());
+        hasher.finish(index, bytes, expected)
     }
 }
 
@@ -251,8 +291,13 @@ pub struct HashBatch {
 }
 
 impl HashBatch {
+    #[cfg(test)]
     pub fn len_blocks(&self) -> usize {
         self.blocks.len()
+    }
+
+    pub fn len_bytes(&self) -> usize {
+        self.blocks.iter().map(Bytes::len).sum()
     }
 
     /// Hashes the blocks (CPU-bound: about 0.7 ms per MiB here) and returns the hasher.
@@ -286,8 +331,8 @@ mod tests {
             "two peers per block at most"
         );
         let data = Bytes::from(vec![7u8; 16384]);
-        assert_eq!(p.receive(0, 0, data.clone(), 2), Some(vec![1]));
-        assert_eq!(p.receive(0, 0, data.clone(), 1), None);
+        assert_eq!(p.receive(0, 0, data.clone(), 2, true), Some(vec![1]));
+        assert_eq!(p.receive(0, 0, data.clone(), 1, true), None);
         p.request_open(1, now);
         p.forget_request(1, 1);
         assert_eq!(p.open_blocks(), 2);
@@ -299,9 +344,10 @@ mod tests {
         p.return_hasher(first.run());
         let last = layout.block(piece, 2);
         let tail = Bytes::from(vec![9u8; last.len_bytes as usize]);
-        p.receive(2, last.piece_offset, tail.clone(), 1).unwrap();
+        p.receive(2, last.piece_offset, tail.clone(), 1, true)
+            .unwrap();
         assert!(p.take_hash_batch(1).is_none(), "block 2 waits for block 1");
-        p.receive(1, 16384, data.clone(), 1).unwrap();
+        p.receive(1, 16384, data.clone(), 1, true).unwrap();
         assert!(p.is_complete());
         assert!(!p.is_hashed());
         let rest = p
@@ -336,15 +382,37 @@ mod tests {
     }
 
     #[test]
+    fn blocks_not_kept_are_hashed_from_the_frozen_buffer_once_complete() {
+        let layout = Layout::from_parts(40_000, 40_000, vec![0..40_000]);
+        let piece = layout.piece(0).unwrap();
+        let mut p = PartialPiece::new(&layout, piece, None);
+        let a = Bytes::from(vec![1u8; 16384]);
+        let b = Bytes::from(vec![2u8; 16384]);
+        let c = Bytes::from(vec![3u8; 40_000 - 32768]);
+        p.receive(0, 0, a.clone(), 1, false).unwrap();
+        p.receive(1, 16384, b.clone(), 1, false).unwrap();
+        assert!(p.take_hash_batch(1).is_none(), "nothing kept to hash");
+        assert!(p.take_rest_batch().is_none(), "not complete yet");
+        p.receive(2, 32768, c.clone(), 1, false).unwrap();
+        let rest = p.take_rest_batch().expect("complete");
+        assert_eq!(rest.len_bytes(), 40_000);
+        p.return_hasher(rest.run());
+        assert!(p.is_hashed());
+        assert!(p.take_rest_batch().is_none(), "nothing left");
+        let expected: Sha1Digest = Sha1::digest([&a[..], &b[..], &c[..]].concat()).into();
+        assert!(p.verify(piece, &expected).is_ok());
+    }
+
+    #[test]
     fn a_piece_verified_with_its_hasher_out_is_hashed_whole() {
         let layout = Layout::from_parts(20_000, 20_000, vec![0..20_000]);
         let piece = layout.piece(0).unwrap();
         let mut p = PartialPiece::new(&layout, piece, None);
         let head = Bytes::from(vec![1u8; 16384]);
         let tail = Bytes::from(vec![2u8; 20_000 - 16384]);
-        p.receive(0, 0, head.clone(), 1).unwrap();
+        p.receive(0, 0, head.clone(), 1, true).unwrap();
         let _out = p.take_hash_batch(1).unwrap();
-        p.receive(1, 16384, tail.clone(), 1).unwrap();
+        p.receive(1, 16384, tail.clone(), 1, true).unwrap();
         let expected: Sha1Digest = Sha1::digest([&head[..], &tail[..]].concat()).into();
         assert!(p.verify(piece, &expected).is_ok());
     }
