@@ -1,9 +1,10 @@
-//! The torrent actor: sole owner of piece state (partial, verifying, held), demand,
-//! read-ahead, the peer set and choking.
+//! The torrent actor: sole owner of piece state (partial, held), demand, read-ahead, the
+//! peer set and choking.
 //!
 //! Every transition happens in this one task, one event at a time: a command from a
-//! reader, an event from a peer task, a verification result, or the periodic tick.
-//! After each event the actor tops up the request queues of the peers it touched.
+//! reader, an event from a peer task, a hasher back from a blocking thread, or the
+//! periodic tick. After each event (or burst of peer events) the actor tops up the
+//! request queues of the peers it touched.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -818,7 +819,7 @@ impl Actor {
         let batch = if partial.is_complete() {
             partial.take_rest_batch()
         } else {
-            partial.take_hash_batch(1)
+            partial.take_hash_batch()
         };
         let Some(batch) = batch else {
             return;
@@ -1356,18 +1357,18 @@ impl Actor {
             });
             // A demanded piece is split among the peers that can send it; read-ahead
             // takes what the queue allows.
-            let share_left = match urgency {
-                Urgency::Demand => shares
-                    .get(&piece)
-                    .copied()
-                    .unwrap_or(0)
-                    .saturating_sub(partial.requested_from(key)),
-                Urgency::Readahead => u32::MAX,
+            let (share_left, stripe) = match urgency {
+                Urgency::Demand => (
+                    shares
+                        .get(&piece)
+                        .copied()
+                        .unwrap_or(0)
+                        .saturating_sub(partial.requested_from(key)),
+                    DEMAND_STRIPE_BLOCKS,
+                ),
+                Urgency::Readahead => (u32::MAX, u32::MAX),
             };
-            let mut allowed = match urgency {
-                Urgency::Demand => share_left.min(DEMAND_STRIPE_BLOCKS),
-                Urgency::Readahead => u32::MAX,
-            };
+            let mut allowed = share_left.min(stripe);
             let mut took = 0;
             while queued < limit && allowed > 0 {
                 let Some(block) = partial.request_open(key, now) else {

@@ -171,8 +171,9 @@ impl PartialPiece {
         taken
     }
 
-    /// Stores a received block (and keeps `data` for the hasher if `keep`); returns the other peers that were also asked for it (to
-    /// cancel), or `None` when the block was already done (a late duplicate).
+    /// Stores a received block (and keeps `data` for the hasher if `keep`); returns the
+    /// other peers that were also asked for it (to cancel), or `None` when the block was
+    /// already done (a late duplicate).
     pub fn receive(
         &mut self,
         block: u32,
@@ -206,10 +207,10 @@ impl PartialPiece {
         Some(others)
     }
 
-    /// The received blocks the hasher takes next, with the hasher itself: when it is not
-    /// busy and at least `min_blocks` blocks in a row are ready, or every block left is.
-    /// Hash them with `HashBatch::run` and give the hasher back with `return_hasher`.
-    pub fn take_hash_batch(&mut self, min_blocks: usize) -> Option<HashBatch> {
+    /// The kept blocks the hasher takes next (those in a row from where it stopped), with
+    /// the hasher itself, unless it is busy or none is ready. Hash them with
+    /// `HashBatch::run` and give the hasher back with `return_hasher`.
+    pub fn take_hash_batch(&mut self) -> Option<HashBatch> {
         if self.frozen.is_some() {
             return None;
         }
@@ -218,8 +219,7 @@ impl PartialPiece {
             .iter()
             .take_while(|b| b.is_some())
             .count();
-        let to_end = self.next_to_hash + ready == self.unhashed.len();
-        if ready == 0 || (ready < min_blocks && !to_end) {
+        if ready == 0 {
             return None;
         }
         let hasher = self.hasher.take()?;
@@ -337,22 +337,19 @@ mod tests {
         p.forget_request(1, 1);
         assert_eq!(p.open_blocks(), 2);
         assert!(!p.is_complete());
-        assert!(p.take_hash_batch(2).is_none(), "one block ready, two asked");
-        let first = p.take_hash_batch(1).expect("block 0 is ready");
+        let first = p.take_hash_batch().expect("block 0 is ready");
         assert_eq!(first.len_blocks(), 1);
-        assert!(p.take_hash_batch(1).is_none(), "the hasher is out");
+        assert!(p.take_hash_batch().is_none(), "the hasher is out");
         p.return_hasher(first.run());
         let last = layout.block(piece, 2);
         let tail = Bytes::from(vec![9u8; last.len_bytes as usize]);
         p.receive(2, last.piece_offset, tail.clone(), 1, true)
             .unwrap();
-        assert!(p.take_hash_batch(1).is_none(), "block 2 waits for block 1");
+        assert!(p.take_hash_batch().is_none(), "block 2 waits for block 1");
         p.receive(1, 16384, data.clone(), 1, true).unwrap();
         assert!(p.is_complete());
         assert!(!p.is_hashed());
-        let rest = p
-            .take_hash_batch(8)
-            .expect("the rest of the piece, however short");
+        let rest = p.take_hash_batch().expect("the two blocks left, in a row");
         assert_eq!(rest.len_blocks(), 2);
         p.return_hasher(rest.run());
         assert!(p.is_hashed());
@@ -391,7 +388,7 @@ mod tests {
         let c = Bytes::from(vec![3u8; 40_000 - 32768]);
         p.receive(0, 0, a.clone(), 1, false).unwrap();
         p.receive(1, 16384, b.clone(), 1, false).unwrap();
-        assert!(p.take_hash_batch(1).is_none(), "nothing kept to hash");
+        assert!(p.take_hash_batch().is_none(), "nothing kept to hash");
         assert!(p.take_rest_batch().is_none(), "not complete yet");
         p.receive(2, 32768, c.clone(), 1, false).unwrap();
         let rest = p.take_rest_batch().expect("complete");
@@ -411,7 +408,7 @@ mod tests {
         let head = Bytes::from(vec![1u8; 16384]);
         let tail = Bytes::from(vec![2u8; 20_000 - 16384]);
         p.receive(0, 0, head.clone(), 1, true).unwrap();
-        let _out = p.take_hash_batch(1).unwrap();
+        let _out = p.take_hash_batch().unwrap();
         p.receive(1, 16384, tail.clone(), 1, true).unwrap();
         let expected: Sha1Digest = Sha1::digest([&head[..], &tail[..]].concat()).into();
         assert!(p.verify(piece, &expected).is_ok());
