@@ -104,6 +104,11 @@ impl Layout {
         self.piece_len(piece).div_ceil(BLOCK_SIZE)
     }
 
+    /// Number of blocks in a full-length piece.
+    pub fn max_block_count(&self) -> u32 {
+        self.piece_length.div_ceil(BLOCK_SIZE)
+    }
+
     /// The `block_index`-th block of `piece`.
     pub fn block(&self, piece: PieceIndex, block_index: u32) -> BlockSpan {
         let piece_offset = block_index.saturating_mul(BLOCK_SIZE);

@@ -422,6 +422,50 @@ fn a_demanded_piece_is_asked_of_its_peers_in_stripes() {
     );
 }
 
+/// A read that waits on one peer asks it for the whole piece at once, beyond its
+/// read-ahead queue depth: a second round trip for the last blocks would add a peer's
+/// whole answer time to the read.
+#[test]
+fn a_lone_peer_is_asked_for_a_whole_demanded_piece_at_once() {
+    fuse_test(
+        "a_lone_peer_is_asked_for_a_whole_demanded_piece_at_once",
+        TEST_LIMIT,
+        || {
+            // 16 MiB in 1 MiB pieces: 64 blocks a piece, more than the 32 + 16 requests a
+            // peer was allowed before.
+            let payload = Payload::make(16, 1024, false, DEAD_TRACKER);
+            // 10 ms before each block: every request of one fill is in before the first
+            // block goes out.
+            let seeder = TestSeeder::start(Behaviour::Slow(Duration::from_millis(10)), &payload);
+            let mount = mount_with(&payload, &[&seeder], &[]);
+            let file = &payload.files[0];
+            std::thread::sleep(Duration::from_secs(1));
+            let piece = 9u32;
+            let offset = u64::from(piece) << 20;
+            let reader = File::open(mount.path().join(&file.rel)).unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            reader.read_exact_at(&mut buf, offset).unwrap();
+            assert_eq!(buf, payload.read_range(file, offset, buf.len()));
+            let log = seeder.wire_log();
+            let asked_first: Vec<u32> = log
+                .iter()
+                .take_while(|e| !matches!(e, WireEvent::Served(p) if *p == piece))
+                .filter_map(|e| match e {
+                    WireEvent::Asked(p, offset) if *p == piece => Some(offset / 16384),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(
+                asked_first.len(),
+                64,
+                "before its first block of piece {piece}, the seeder was asked for blocks \
+                 {asked_first:?}, not all 64"
+            );
+            stop_cleanly(mount);
+        },
+    );
+}
+
 /// 5b. A peer that hangs up after every 5 blocks, beside an honest one: every byte reads.
 #[test]
 fn disconnecting_and_honest_seeders_read_correctly() {

@@ -356,6 +356,11 @@ async fn write_loop(
                         }
                         frames.feed(message).await.map_err(wire)?;
                     }
+                    Some(PeerCommand::SendAll(messages)) => {
+                        for message in messages {
+                            frames.feed(message).await.map_err(wire)?;
+                        }
+                    }
                 }
             }
             item = uploads.recv() => {

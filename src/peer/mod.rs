@@ -72,6 +72,9 @@ pub enum PeerEvent {
 #[derive(Debug)]
 pub enum PeerCommand {
     Send(Message),
+    /// Several messages written together: the requests of one fill go out in one
+    /// segment rather than as the writer happens to wake.
+    SendAll(Vec<Message>),
     /// Drop the connection (banned, or no longer wanted).
     Close,
 }
