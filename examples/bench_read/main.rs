@@ -5,9 +5,10 @@
 //! (aria2 on 127.0.0.2 and .4, python-libtorrent on .3 and .5), and in the same run:
 //!
 //! 1. cold sequential read: SHA-1 of the file through a fresh swarmfs mount (with
-//!    `--cache-size` 256MiB and 64MiB), next to full downloads by aria2 and
-//!    python-libtorrent (`tests/peers/leech.sh`), rqbit, and btfs's cold read through its
-//!    own mount (each only if installed);
+//!    `--cache-size` 256MiB and 64MiB); then, in 3 rounds side by side, `cat` through a
+//!    fresh mount and full downloads by aria2 and python-libtorrent
+//!    (`tests/peers/leech.sh`) and rqbit, each reported as its median; and btfs's cold
+//!    read through its own mount (each tool only if installed);
 //! 2. time to first byte of 64 KiB at 20 random offsets on a fresh mount (swarmfs, btfs),
 //!    next to the time one seeder takes to send one whole piece over the wire;
 //! 3. cached re-read MiB/s, next to reading the same bytes from /dev/shm;
@@ -74,6 +75,9 @@ const TTFB_SETTLE: Duration = Duration::from_secs(2);
 /// Cached re-read: the last 128 MiB, half the 256 MiB cache, so it is surely still held.
 const REREAD_TAIL_BYTES: u64 = 128 * MIB;
 
+/// Section 1's contenders each run this many times, in rounds side by side.
+const COLD_ROUNDS: usize = 3;
+
 /// Hang bounds, not expectations: the slowest full download measured so far (aria2,
 /// ~100 MiB/s) takes ~10 s; btfs reads at ~10-20 MiB/s (~60-100 s).
 const DOWNLOAD_DEADLINE: Duration = Duration::from_secs(300);
@@ -126,12 +130,7 @@ fn run_bench() -> Result<()> {
     if parts.wants("cold") {
         bench.cold_and_cached_swarmfs(&mut report, &mut failures)?;
     }
-    if parts.wants("cat") {
-        bench.cold_cat_swarmfs(&mut report)?;
-    }
-    if parts.wants("downloads") {
-        bench.downloads(&mut report)?;
-    }
+    bench.cold_rounds(&parts, &mut report)?;
     if parts.wants("btfs") {
         bench.btfs(&mut report)?;
     }
@@ -204,6 +203,39 @@ impl Parts {
     }
 }
 
+/// A program in section 1's rounds.
+enum Contender {
+    /// A fresh swarmfs mount read by `cat`.
+    Cat,
+    /// A full download by this client through leech.sh.
+    Leech(&'static str),
+    /// A full download by rqbit (the path of its binary).
+    Rqbit(PathBuf),
+}
+
+impl Contender {
+    fn tool(&self) -> String {
+        match self {
+            Contender::Cat => format!(
+                "swarmfs mount, --cache-size {}, `cat FILE >/dev/null`",
+                CACHE_SIZES[0]
+            ),
+            Contender::Leech(client) => format!("{} full download", tool_version(client)),
+            Contender::Rqbit(_) => format!("{} download", tool_version("rqbit")),
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self {
+            Contender::Cat => {
+                "cat's start to its exit; cat fadvises SEQUENTIAL and reads 128 KiB (the bytes are checked in the runs above)"
+            }
+            Contender::Leech(_) => "leech.sh: client start to last byte on disk, SHA-1 checked",
+            Contender::Rqbit(_) => "process start to last byte on disk, SHA-1 checked",
+        }
+    }
+}
+
 /// What every measurement needs.
 struct Bench<'a> {
     swarmfs: &'a Path,
@@ -228,14 +260,85 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Section 1 as most programs read: `cat FILE >/dev/null` on a fresh mount. cat
-    /// (like cp) asks for POSIX_FADV_SEQUENTIAL, which doubles the kernel's read-ahead,
-    /// and reads 128 KiB at a time; the bytes are checked in the run above, not here.
-    fn cold_cat_swarmfs(&self, report: &mut Report) -> Result<()> {
-        report.settle()?;
-        let cache = CACHE_SIZES[0];
-        let tool = format!("swarmfs mount, --cache-size {cache}, `cat FILE >/dev/null`");
-        let mount = self.mount_swarmfs(cache)?;
+    /// Section 1's comparison, in `COLD_ROUNDS` rounds of one run of each contender in
+    /// turn (the mount read by `cat`, then the downloaders), each reported as the median
+    /// of its rounds with every round in the note: the machine's load drifts over a run,
+    /// and rounds side by side share the drift.
+    fn cold_rounds(&self, parts: &Parts, report: &mut Report) -> Result<()> {
+        let mut contenders = Vec::new();
+        if parts.wants("cat") {
+            contenders.push(Contender::Cat);
+        }
+        if parts.wants("downloads") {
+            contenders.push(Contender::Leech("aria2"));
+            contenders.push(Contender::Leech("libtorrent"));
+            match find_tool("rqbit") {
+                Some(rqbit) => contenders.push(Contender::Rqbit(rqbit)),
+                None => report.add(
+                    Section::Cold,
+                    "rqbit download",
+                    "not installed".into(),
+                    "cargo install rqbit".into(),
+                ),
+            }
+        }
+        let mut runs: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+        let mut failed: Vec<Option<String>> = vec![None; contenders.len()];
+        for round in 1..=COLD_ROUNDS {
+            for (i, contender) in contenders.iter().enumerate() {
+                if failed[i].is_some() {
+                    continue;
+                }
+                report.settle()?;
+                match self.run_contender(contender) {
+                    Ok(rate) => {
+                        println!("round {round}: {}: {rate:.0} MiB/s", contender.tool());
+                        runs[i].push(rate);
+                    }
+                    Err(err) => failed[i] = Some(format!("round {round}: {err:#}")),
+                }
+                bail_if_interrupted()?;
+            }
+        }
+        for (i, contender) in contenders.iter().enumerate() {
+            let tool = contender.tool();
+            if let Some(why) = &failed[i] {
+                report.failed(Section::Cold, &tool, why);
+                continue;
+            }
+            let mut sorted = runs[i].clone();
+            sorted.sort_by(f64::total_cmp);
+            let Some(median) = sorted.get(sorted.len() / 2) else {
+                continue;
+            };
+            let each: Vec<String> = runs[i].iter().map(|r| format!("{r:.0}")).collect();
+            report.add(
+                Section::Cold,
+                &tool,
+                format!("{median:.0} MiB/s"),
+                format!(
+                    "median of {} rounds ({} MiB/s); {}",
+                    runs[i].len(),
+                    each.join(", "),
+                    contender.what()
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// One cold run of `contender`: MiB/s of the 1 GiB, checked where the tool can be.
+    fn run_contender(&self, contender: &Contender) -> Result<f64> {
+        match contender {
+            Contender::Cat => self.cat_once(),
+            Contender::Leech(client) => self.leech_once(client),
+            Contender::Rqbit(rqbit) => self.rqbit_once(rqbit),
+        }
+    }
+
+    /// `cat FILE >/dev/null` on a fresh mount, from cat's start to its exit.
+    fn cat_once(&self) -> Result<f64> {
+        let mount = self.mount_swarmfs(CACHE_SIZES[0])?;
         let started = Instant::now();
         let mut cat = Command::new("cat")
             .arg(mount.path().join(&self.payload.name))
@@ -247,20 +350,11 @@ impl Bench<'_> {
             let _ = cat.kill();
             let _ = cat.wait();
         }
-        if status.is_some_and(|s| s.success()) {
-            report.add(
-                Section::Cold,
-                &tool,
-                format!("{:.0} MiB/s", mib_per_s(self.payload.size_bytes, took)),
-                format!(
-                    "{:.1} s; cat fadvises SEQUENTIAL and reads 128 KiB",
-                    took.as_secs_f64()
-                ),
-            );
-        } else {
-            report.failed(Section::Cold, &tool, &format!("cat: {status:?}"));
+        mount.stop()?;
+        match status {
+            Some(s) if s.success() => Ok(mib_per_s(self.payload.size_bytes, took)),
+            other => bail!("cat: {other:?}"),
         }
-        mount.stop()
     }
 
     /// Sections 1, 3 and 4 for swarmfs: a cold SHA-1 of the whole file through a fresh
@@ -334,69 +428,54 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Section 1 for the download clients: aria2 and python-libtorrent through leech.sh
-    /// (whose MiB/s counts from client start to the last byte on disk), rqbit if installed.
-    fn downloads(&self, report: &mut Report) -> Result<()> {
-        for client in ["aria2", "libtorrent"] {
-            report.settle()?;
-            let out_dir = self.work.join(format!("leech-{client}"));
-            let mut cmd = Command::new(peers_dir().join("leech.sh"));
-            cmd.arg(client)
-                .arg(self.torrent)
-                .arg(&out_dir)
-                .env("LEECH_IP", client_ip().to_string())
-                .env("TIMEOUT", DOWNLOAD_DEADLINE.as_secs().to_string())
-                .env("SHA1SUMS", &self.payload.sums);
-            let out = run(
-                &mut cmd,
-                DOWNLOAD_DEADLINE + Duration::from_secs(60),
-                "leech.sh",
-            );
-            let result = out
-                .stdout
-                .lines()
-                .find(|l| l.starts_with("RESULT"))
-                .unwrap_or("");
-            let field = |key: &str| {
-                result
-                    .split_whitespace()
-                    .find_map(|kv| kv.strip_prefix(key))
-                    .unwrap_or("?")
-                    .to_string()
-            };
-            let tool = format!("{} full download", tool_version(client));
-            if out.status.success() {
-                report.add(
-                    Section::Cold,
-                    &tool,
-                    format!("{} MiB/s", field("MBps=")),
-                    format!(
-                        "verify={}; leech.sh, client start to last byte on disk",
-                        field("verify=")
-                    ),
-                );
-            } else {
-                report.failed(Section::Cold, &tool, last_line(&out.stderr));
-            }
-            let _ = fs::remove_dir_all(&out_dir);
-            let _ = fs::remove_dir_all(out_dir.with_extension("state"));
-            bail_if_interrupted()?;
+    /// A full download by aria2 or python-libtorrent through leech.sh, whose MiB/s counts
+    /// from client start to the last byte on disk; fails unless its SHA-1 check passed.
+    fn leech_once(&self, client: &str) -> Result<f64> {
+        let out_dir = self.work.join(format!("leech-{client}"));
+        let mut cmd = Command::new(peers_dir().join("leech.sh"));
+        cmd.arg(client)
+            .arg(self.torrent)
+            .arg(&out_dir)
+            .env("LEECH_IP", client_ip().to_string())
+            .env("TIMEOUT", DOWNLOAD_DEADLINE.as_secs().to_string())
+            .env("SHA1SUMS", &self.payload.sums);
+        let out = run(
+            &mut cmd,
+            DOWNLOAD_DEADLINE + Duration::from_secs(60),
+            "leech.sh",
+        );
+        let _ = fs::remove_dir_all(&out_dir);
+        let _ = fs::remove_dir_all(out_dir.with_extension("state"));
+        if !out.status.success() {
+            bail!("{}", last_line(&out.stderr));
         }
-
-        let Some(rqbit) = find_tool("rqbit") else {
-            report.add(
-                Section::Cold,
-                "rqbit download",
-                "not installed".into(),
-                "cargo install rqbit".into(),
-            );
-            return Ok(());
+        let result = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("RESULT"))
+            .unwrap_or("");
+        let field = |key: &str| {
+            result
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key))
+                .unwrap_or("?")
+                .to_string()
         };
+        let verify = field("verify=");
+        if verify != "OK" {
+            bail!("verify={verify}");
+        }
+        field("MBps=")
+            .parse()
+            .with_context(|| format!("leech.sh printed {result:?}"))
+    }
+
+    /// A full download by rqbit, from process start to its exit, then a SHA-1 check.
+    fn rqbit_once(&self, rqbit: &Path) -> Result<f64> {
         let out_dir = self.work.join("leech-rqbit");
-        report.settle()?;
         let started = Instant::now();
         let out = run(
-            Command::new(&rqbit)
+            Command::new(rqbit)
                 .args([
                     "--disable-dht",
                     "--disable-upnp-port-forward",
@@ -411,25 +490,15 @@ impl Bench<'_> {
             "rqbit download",
         );
         let took = started.elapsed();
-        let tool = format!("{} download", tool_version("rqbit"));
-        if out.status.success() {
-            let got = read_whole(&out_dir.join(&self.payload.name), READ_LEN).map(|r| r.sha1);
-            let verify = if got.as_deref().ok() == Some(self.payload.sha1.as_str()) {
-                "OK"
-            } else {
-                "FAIL"
-            };
-            report.add(
-                Section::Cold,
-                &tool,
-                format!("{:.0} MiB/s", mib_per_s(self.payload.size_bytes, took)),
-                format!("verify={verify}; process start to last byte on disk"),
-            );
-        } else {
-            report.failed(Section::Cold, &tool, last_line(&out.stderr));
-        }
+        let got = read_whole(&out_dir.join(&self.payload.name), READ_LEN).map(|r| r.sha1);
         let _ = fs::remove_dir_all(&out_dir);
-        Ok(())
+        if !out.status.success() {
+            bail!("{}", last_line(&out.stderr));
+        }
+        if got.as_deref().ok() != Some(self.payload.sha1.as_str()) {
+            bail!("the downloaded file's SHA-1 is not the payload's");
+        }
+        Ok(mib_per_s(self.payload.size_bytes, took))
     }
 
     /// btfs (FUSE over libtorrent), if installed: cold SHA-1 through its mount with peak
