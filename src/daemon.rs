@@ -25,7 +25,7 @@ use crate::magnet::Magnet;
 use crate::metadata::fetch_metadata;
 use crate::metainfo::{CreateOptions, Metainfo, create_torrent};
 use crate::store::{DiskStore, PieceStore};
-use crate::torrent::{TorrentConfig, TorrentHandle, TorrentStats};
+use crate::torrent::{StatusSnapshot, TorrentConfig, TorrentHandle, TorrentStats};
 use crate::tracker::TransferStats;
 use crate::types::PeerId;
 use tokio::sync::mpsc;
@@ -187,6 +187,7 @@ pub async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     let status = spawn_status_line(Arc::clone(&engine.torrent), engine.shutdown_token());
     let reason = wait_for_stop(|| mounted.is_finished()).await;
     info!("{reason}; stopping");
+    log_final_ledger(&engine.torrent).await;
     // Answer waiting reads first, then unmount: an unmount waits for replies.
     engine.shutdown().await;
     fs.stop_background().await;
@@ -332,6 +333,7 @@ pub async fn run_seed(args: SeedArgs) -> anyhow::Result<()> {
     let status = spawn_status_line(Arc::clone(&engine.torrent), engine.shutdown_token());
     let reason = wait_for_stop(|| false).await;
     info!("{reason}; stopping");
+    log_final_ledger(&engine.torrent).await;
     engine.shutdown().await;
     stop_dht(dht).await;
     status.abort();
@@ -387,6 +389,23 @@ async fn wait_for_stop(finished: impl Fn() -> bool) -> &'static str {
 /// Every 30 s, the log gets the totals and the credit ledger (bytes each peer gave us
 /// and we gave it), whether or not a terminal is attached.
 const STATUS_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// The credit ledger, one line per peer: bytes it gave us and we gave it.
+fn log_ledger(status: &StatusSnapshot) {
+    let mib = |b: u64| format!("{:.1}", b as f64 / 1048576.0);
+    for (addr, client, given, taken) in &status.ledger {
+        info!(%addr, %client, gave_us_mib = mib(*given), we_gave_mib = mib(*taken), "ledger");
+    }
+}
+
+/// At stop, before the peers are dropped: the ledger of the whole session (the engine
+/// logs the totals once stopped), so what each peer gave and took is in the log however
+/// short the mount was.
+async fn log_final_ledger(torrent: &TorrentHandle) {
+    if let Ok(Some(status)) = tokio::time::timeout(Duration::from_secs(1), torrent.status()).await {
+        log_ledger(&status);
+    }
+}
 
 /// A one-line status on stderr, refreshed every second when stderr is a terminal, and a
 /// status and ledger entry in the log every `STATUS_LOG_EVERY`.
@@ -447,9 +466,7 @@ fn spawn_status_line(
                     cache_mib = format!("{:.0}", mib(cache)),
                     "status"
                 );
-                for (addr, client, given, taken) in &status.ledger {
-                    info!(%addr, %client, gave_us_mib = format!("{:.1}", mib(*given)), we_gave_mib = format!("{:.1}", mib(*taken)), "ledger");
-                }
+                log_ledger(&status);
                 last_log = tokio::time::Instant::now();
                 log_down = down;
                 log_up = up;

@@ -15,7 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use common::checks::{
-    SHORT_READ_TIMEOUT, assert_all_files_match, assert_read_gives_eio, stop_cleanly,
+    SHORT_READ_TIMEOUT, assert_all_files_match, assert_read_gives_eio, stop_cleanly, strip_ansi,
 };
 use common::fixture::{DEAD_TRACKER, Payload};
 use common::harness::fuse_test;
@@ -461,7 +461,28 @@ fn a_lone_peer_is_asked_for_a_whole_demanded_piece_at_once() {
                 "before its first block of piece {piece}, the seeder was asked for blocks \
                  {asked_first:?}, not all 64"
             );
-            stop_cleanly(mount);
+            // At stop, the log's ledger says what the seeder gave: at least that piece.
+            let (status, log) = mount.stop_with_log();
+            assert!(
+                status.success(),
+                "swarmfs exited with {status} after SIGINT"
+            );
+            let addr = format!("addr={}", seeder.addr());
+            let gave_mib: Option<f64> = log
+                .lines()
+                .map(strip_ansi)
+                .filter(|l| l.contains(" ledger ") && l.contains(&addr))
+                .filter_map(|l| {
+                    l.split_whitespace()
+                        .find_map(|f| f.strip_prefix("gave_us_mib="))
+                        .and_then(|v| v.trim_matches('"').parse().ok())
+                })
+                .next_back();
+            assert!(
+                gave_mib.is_some_and(|mib| mib >= 1.0),
+                "the ledger logged at stop should credit {addr} with at least 1 MiB, got \
+                 {gave_mib:?}"
+            );
         },
     );
 }
