@@ -199,7 +199,8 @@ impl PeerSlot {
     /// Requests that may be outstanding here when demanded blocks are among them: the
     /// extra depth, but never beyond what the peer said it queues (its `reqq`), as the
     /// excess would be rejected.
-    fn demand_limit(&self, piece_blocks: usize) -> usize {
+    fn demand_limit(&self, layout: &Layout) -> usize {
+        let piece_blocks = layout.max_block_count() as usize;
         (self.queue_depth + piece_blocks.max(DEMAND_EXTRA_DEPTH)).min(self.max_queue_depth)
     }
 
@@ -1229,11 +1230,14 @@ impl Actor {
         keys.sort_by_key(|k| std::cmp::Reverse(self.peers.get(k).map_or(0, |s| s.download_rate)));
         // A demanded piece is handed out a stripe per peer per pass, so its blocks arrive
         // from all its peers from the start onwards and the hash keeps up with them.
+        let filled = keys.clone();
         while !keys.is_empty() {
             keys.retain(|key| self.fill_peer(*key));
         }
-        for slot in self.peers.values_mut() {
-            if !slot.unsent_requests.is_empty() {
+        for key in filled {
+            if let Some(slot) = self.peers.get_mut(&key)
+                && !slot.unsent_requests.is_empty()
+            {
                 let requests = std::mem::take(&mut slot.unsent_requests);
                 let _ = slot.commands.send(PeerCommand::SendAll(requests));
             }
@@ -1291,9 +1295,8 @@ impl Actor {
     /// that a read waits for the fastest split of its piece rather than one peer.
     fn demand_share(&self, key: PeerKey, piece: PieceIndex) -> u32 {
         let weight = |slot: &PeerSlot| slot.download_rate.max(SHARE_RATE_FLOOR);
-        let piece_blocks = self.layout.max_block_count() as usize;
         let can_send = |k: &PeerKey, slot: &PeerSlot| {
-            let room = slot.inflight.len() < slot.demand_limit(piece_blocks);
+            let room = slot.inflight.len() < slot.demand_limit(&self.layout);
             !slot.peer_choking && slot.has(piece) && (room || *k == key)
         };
         // Peers much slower to answer than the quickest one that can send would make the
@@ -1350,7 +1353,7 @@ impl Actor {
         // Demanded blocks may use the extra depth; read-ahead only the base depth.
         let mut queued = slot.inflight.len();
         let mut again = false;
-        let demand_limit = slot.demand_limit(self.layout.max_block_count() as usize);
+        let demand_limit = slot.demand_limit(&self.layout);
         let readahead_limit = slot.queue_depth;
         for &(piece, urgency) in &self.wanted {
             if again && urgency == Urgency::Readahead {
