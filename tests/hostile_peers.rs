@@ -15,7 +15,8 @@ use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use common::checks::{
-    SHORT_READ_TIMEOUT, assert_all_files_match, assert_read_gives_eio, stop_cleanly, strip_ansi,
+    SHORT_READ_TIMEOUT, assert_all_files_match, assert_read_gives_eio, ledger_gave_us_mib,
+    stop_cleanly,
 };
 use common::fixture::{DEAD_TRACKER, Payload};
 use common::harness::fuse_test;
@@ -467,21 +468,12 @@ fn a_lone_peer_is_asked_for_a_whole_demanded_piece_at_once() {
                 status.success(),
                 "swarmfs exited with {status} after SIGINT"
             );
-            let addr = format!("addr={}", seeder.addr());
-            let gave_mib: Option<f64> = log
-                .lines()
-                .map(strip_ansi)
-                .filter(|l| l.contains(" ledger ") && l.contains(&addr))
-                .filter_map(|l| {
-                    l.split_whitespace()
-                        .find_map(|f| f.strip_prefix("gave_us_mib="))
-                        .and_then(|v| v.trim_matches('"').parse().ok())
-                })
-                .next_back();
+            let gave_mib = ledger_gave_us_mib(&log, seeder.addr());
             assert!(
                 gave_mib.is_some_and(|mib| mib >= 1.0),
-                "the ledger logged at stop should credit {addr} with at least 1 MiB, got \
-                 {gave_mib:?}"
+                "the ledger logged at stop should credit {} with at least 1 MiB, got \
+                 {gave_mib:?}",
+                seeder.addr()
             );
         },
     );

@@ -3,6 +3,7 @@
 //! time, and a mount stops cleanly.
 
 use std::fs::{self, File};
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -95,10 +96,28 @@ pub fn session_pieces_fetched(log: &str) -> u64 {
             let tail = lines[lines.len().saturating_sub(40)..].join("\n");
             panic!("no `session totals` line in the swarmfs log; its end:\n{tail}")
         });
-    line.split_whitespace()
-        .find_map(|field| field.strip_prefix("pieces_fetched="))
+    log_field(&line, "pieces_fetched")
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no pieces_fetched=N in {line:?}"))
+}
+
+/// MiB `peer` gave us by the last `ledger` line for it in a swarmfs log (the ledger is
+/// logged every 30 s and at stop); None if there is no such line.
+pub fn ledger_gave_us_mib(log: &str, peer: SocketAddr) -> Option<f64> {
+    let addr = format!("addr={peer}");
+    log.lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains(" ledger ") && l.contains(&addr))
+        .filter_map(|l| log_field(&l, "gave_us_mib")?.parse().ok())
+        .next_back()
+}
+
+/// The value of `key=value` in one log line, without the quotes tracing puts around
+/// formatted values.
+fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix(key)?.strip_prefix('='))
+        .map(|value| value.trim_matches('"'))
 }
 
 /// `text` without ANSI escape sequences (ESC [ ... final byte).
