@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, warn};
 
 use super::choke::{ChokeCandidate, choose_unchoked};
+use super::pace::{self, Pace};
 use super::partial::{BlockState, PartialPiece};
 use super::{Command, StatusSnapshot, TorrentConfig, TorrentHandle, TorrentStats};
 use crate::cache::SharedCache;
@@ -68,12 +69,6 @@ const BUMP_MIN_BLOCKS: usize = 8;
 /// At most one such withdrawal per peer in this time: a read of many pieces makes many
 /// demands at once, and each withdrawal may cost blocks that cross the Cancel.
 const BUMP_INTERVAL: Duration = Duration::from_millis(100);
-/// A demanded piece is shared among the peers that can send it, by rate; a peer with no
-/// measured rate yet counts as this fast.
-const SHARE_RATE_FLOOR: u64 = 1024 * 1024;
-/// A peer answers soon enough to share a demanded piece if its block latency is at most
-/// twice the quickest peer's plus this.
-const SHARE_LATENCY_SLACK: Duration = Duration::from_millis(1);
 /// Connections being opened at once (half-open), so a burst of dead addresses cannot
 /// delay good ones for long.
 const MAX_HALF_OPEN: usize = 16;
@@ -136,9 +131,8 @@ struct PeerSlot {
     last_downloaded: u64,
     last_uploaded: u64,
     last_block_at: Instant,
-    /// Smoothed time from a request to its block (None until a block came): a demanded
-    /// piece is not split onto peers much slower to answer than the quickest.
-    block_latency: Option<Duration>,
+    /// How fast it answers: a demanded piece is split among peers by it.
+    pace: Pace,
     unsolicited: u32,
     /// Requests we cancelled: a block for one of them may still come (it crossed our
     /// cancel on the wire) and is not held against the peer.
@@ -504,7 +498,7 @@ impl Actor {
                         last_downloaded: 0,
                         last_uploaded: 0,
                         last_block_at: now,
-                        block_latency: None,
+                        pace: Pace::default(),
                         unsolicited: 0,
                         cancelled: HashMap::new(),
                         last_bump: None,
@@ -786,14 +780,13 @@ impl Actor {
             }
             return;
         }
-        slot.last_block_at = now;
+        let previous_block_at = std::mem::replace(&mut slot.last_block_at, now);
         self.fill_peers.insert(key);
         let Some(partial) = self.partial.get_mut(&p) else {
             return;
         };
         if let Some(BlockState::Requested { since, .. }) = partial.blocks().get(block as usize) {
-            let took = now.duration_since(*since);
-            slot.block_latency = Some(slot.block_latency.map_or(took, |l| (l * 3 + took) / 4));
+            slot.pace.on_block(*since, previous_block_at, now);
         }
         // A read waits for a demanded piece: keep its blocks to hash as they come.
         let keep = self.demand_order.contains_key(&p);
@@ -1291,41 +1284,23 @@ impl Actor {
     }
 
     /// How many blocks of the demanded `piece` peer `key` should be asked for: its share
-    /// by rate among the unchoked peers that have the piece and room in their queue, so
-    /// that a read waits for the fastest split of its piece rather than one peer.
+    /// by pace (`pace::demand_share`) among the unchoked peers that have the piece and
+    /// room in their queue, so that a read waits for the fastest split of its piece rather
+    /// than one peer.
     fn demand_share(&self, key: PeerKey, piece: PieceIndex) -> u32 {
-        let weight = |slot: &PeerSlot| slot.download_rate.max(SHARE_RATE_FLOOR);
-        let can_send = |k: &PeerKey, slot: &PeerSlot| {
-            let room = slot.inflight.len() < slot.demand_limit(&self.layout);
-            !slot.peer_choking && slot.has(piece) && (room || *k == key)
+        let Some(ours) = self.peers.get(&key).map(|slot| slot.pace) else {
+            return 0;
         };
-        // Peers much slower to answer than the quickest one that can send would make the
-        // read wait for their share: leave them out (a peer not yet timed stays in).
-        let quickest = self
+        let candidates: Vec<Pace> = self
             .peers
             .iter()
-            .filter(|(k, slot)| can_send(k, slot))
-            .filter_map(|(_, slot)| slot.block_latency)
-            .min();
-        let answers_soon = |slot: &PeerSlot| match (quickest, slot.block_latency) {
-            (Some(best), Some(latency)) => latency <= best * 2 + SHARE_LATENCY_SLACK,
-            _ => true,
-        };
-        let mut total = 0u64;
-        let mut ours = 0u64;
-        for (k, slot) in &self.peers {
-            if can_send(k, slot) && answers_soon(slot) {
-                total += weight(slot);
-                if *k == key {
-                    ours = weight(slot);
-                }
-            }
-        }
-        let blocks = u64::from(self.layout.block_count(piece));
-        if total == 0 {
-            return 0;
-        }
-        u32::try_from((blocks * ours).div_ceil(total)).unwrap_or(u32::MAX)
+            .filter(|(k, slot)| {
+                let room = slot.inflight.len() < slot.demand_limit(&self.layout);
+                !slot.peer_choking && slot.has(piece) && (room || **k == key)
+            })
+            .map(|(_, slot)| slot.pace)
+            .collect();
+        pace::demand_share(self.layout.block_count(piece), ours, &candidates)
     }
 
     /// Asks `key` for blocks: demanded pieces first, at most a stripe of each per call,

@@ -9,6 +9,7 @@
 
 mod actor;
 mod choke;
+mod pace;
 mod partial;
 
 use std::net::SocketAddr;
