@@ -17,7 +17,7 @@
 //! libtorrent seeder paces ~4× slower) its parts shrank to 1–7 blocks, and reads with one
 //! were still 0.3–0.4 ms slower: on two cores, asking a libtorrent seeder for anything
 //! wakes its thread pool. With parts under a stripe left out, no read asked one (medians
-//! 1.82 and 2.36 ms, against 2.35–2.51 ms by rate in the same hour; the machine's noise
+//! 1.82 and 2.36 ms, against 2.18–2.51 ms by rate in the same hour; the machine's noise
 //! is about as large).
 
 use std::time::Duration;
