@@ -20,9 +20,12 @@
 //! runs (medians 1.82 and 2.36 ms, against 2.18–2.51 ms by rate in the same hour; the
 //! machine's noise is about as large). Four later runs asked one in 2–67 of 129 reads,
 //! and those took 0.6–1.5 ms longer: the pace was smoothed over 4 blocks then, and a slow
-//! sender that had just sent a burst looked fastest. Smoothed over 16: 0 and 115 of 129,
-//! and in the second run that seeder paced like the aria2 ones and its reads were as fast
-//! as the rest (2.59 against 2.68 ms).
+//! sender that had just sent a burst looked fastest. Smoothed over 16, six runs asked one
+//! in 0, 115, 49, 49, 40 and 70 of 129 reads; those reads were as fast as the rest in the
+//! second run and 0.3–0.7 ms slower in the last four. So the split still leaves out the
+//! cost of waking a peer, which on this machine is most of what a libtorrent seeder costs.
+//! Weighing each peer's first-block latency into the split (a water-filling of latency and
+//! pace) is the next step.
 
 use std::time::Duration;
 
