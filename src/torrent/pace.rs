@@ -23,9 +23,11 @@
 //! sender that had just sent a burst looked fastest. Smoothed over 16, six runs asked one
 //! in 0, 115, 49, 49, 40 and 70 of 129 reads; those reads were as fast as the rest in the
 //! second run and 0.3–0.7 ms slower in the last four. So the split still leaves out the
-//! cost of waking a peer, which on this machine is most of what a libtorrent seeder costs.
-//! Weighing each peer's first-block latency into the split (a water-filling of latency and
-//! pace) is the next step.
+//! cost of waking a peer, which on this machine is most of what a libtorrent seeder costs,
+//! and which falls on the others (its threads take the cores they need), out of sight of
+//! any timing of its own blocks. Next to try: keep a lone read on the fewest peers whose
+//! parts still finish near the best split's time (a water-filling of first-block latency
+//! and pace, then dropping peers while the finish moves less than a margin).
 
 use std::time::Duration;
 
