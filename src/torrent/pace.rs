@@ -6,7 +6,8 @@
 //! requests queued: how fast it works through a backlog). A read waits for the slowest
 //! part of its piece, so a peer much slower to answer than the quickest is left out, and
 //! the others get parts in proportion to their pace, so that each part takes about as
-//! long; a part under a stripe is not worth a peer's time, so that peer is left out too.
+//! long; a part under a stripe or a fifth of the piece is not worth a peer's time, so
+//! that peer is left out too.
 //! Pace, not download rate: a rate measures what we happened to ask of a peer, a pace
 //! what it can do.
 //!
@@ -21,13 +22,14 @@
 //! machine's noise is about as large). Four later runs asked one in 2–67 of 129 reads,
 //! and those took 0.6–1.5 ms longer: the pace was smoothed over 4 blocks then, and a slow
 //! sender that had just sent a burst looked fastest. Smoothed over 16, six runs asked one
-//! in 0, 115, 49, 49, 40 and 70 of 129 reads; those reads were as fast as the rest in the
-//! second run and 0.3–0.7 ms slower in the last four. So the split still leaves out the
-//! cost of waking a peer, which on this machine is most of what a libtorrent seeder costs,
-//! and which falls on the others (its threads take the cores they need), out of sight of
-//! any timing of its own blocks. Next to try: keep a lone read on the fewest peers whose
-//! parts still finish near the best split's time (a water-filling of first-block latency
-//! and pace, then dropping peers while the finish moves less than a margin).
+//! in 0, 115, 49, 49, 40 and 70 of 129 reads (parts of ~8 blocks); those reads were as
+//! fast as the rest in the second run and 0.3–0.7 ms slower in the last four. The cost of
+//! waking a peer falls on the others (its threads take the cores they need), out of sight
+//! of any timing of its own blocks; so a part must also be a fifth of the piece. Then two
+//! runs asked one in 0 and 2 of 129 reads (medians 2.27 and 2.52 ms, against 2.43 and
+//! 2.60 in the two runs before), and `cat` kept its pace (549 MiB/s, median of 3).
+//! Next to try: a water-filling of each peer's first-block latency and pace, which also
+//! knows when a slow-to-answer peer is not worth asking.
 
 use std::time::Duration;
 
@@ -36,10 +38,12 @@ use tokio::time::Instant;
 /// A peer answers soon enough to share a demanded piece if its latency is at most twice
 /// the quickest candidate's plus this.
 const SHARE_LATENCY_SLACK: Duration = Duration::from_millis(1);
-/// A part smaller than this (a stripe) is not worth a peer's time: the requests, the
-/// peer's wake-up and the risk of its first block coming late cost more than the few
-/// blocks it would take off the others.
+/// A part smaller than this (a stripe), or than `MIN_SHARE_DIVISOR`th of the piece, is not
+/// worth a peer's time: the requests, the peer's wake-up (which on a shared machine takes
+/// cores from the others) and the risk of its first block coming late cost more than the
+/// few blocks it takes off the others, who finish at most about a fifth later without it.
 const MIN_SHARE_BLOCKS: u32 = 4;
+const MIN_SHARE_DIVISOR: u32 = 5;
 
 /// How fast one peer answers (None until measured).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,7 +72,8 @@ impl Pace {
 /// How many of a demanded piece's `blocks` the peer with pace `ours` should be asked for,
 /// among `candidates`: the paces of every peer that can send the piece now, `ours`
 /// included. Peers not yet timed are assumed as quick as the quickest timed one. A peer
-/// whose part would be under `MIN_SHARE_BLOCKS` is left out (unless none is faster).
+/// whose part would be under `MIN_SHARE_BLOCKS` or a fifth of the piece is left out
+/// (unless none is faster).
 pub fn demand_share(blocks: u32, ours: Pace, candidates: &[Pace]) -> u32 {
     let quickest = candidates.iter().filter_map(|p| p.latency).min();
     let answers_soon = |pace: &Pace| match (quickest, pace.latency) {
@@ -98,13 +103,14 @@ pub fn demand_share(blocks: u32, ours: Pace, candidates: &[Pace]) -> u32 {
             (u64::from(blocks) * w).div_ceil(total)
         }
     };
+    let min_share = u64::from(MIN_SHARE_BLOCKS.max(blocks / MIN_SHARE_DIVISOR));
     // Leaving a peer out grows the others' parts, so repeat until none is too small.
     loop {
         let before = sharing.len();
         let kept: Vec<u64> = sharing
             .iter()
             .copied()
-            .filter(|&w| w == strongest || share_of(w, &sharing) >= u64::from(MIN_SHARE_BLOCKS))
+            .filter(|&w| w == strongest || share_of(w, &sharing) >= min_share)
             .collect();
         sharing = kept;
         if sharing.len() == before {
@@ -153,11 +159,17 @@ mod tests {
     #[test]
     fn a_piece_is_split_by_pace_not_evenly() {
         let fast = pace(500, Some(20));
-        let slow = pace(300, Some(80));
+        let slow = pace(300, Some(40));
         let all = [fast, fast, slow];
-        // Weights 4 : 4 : 1 of 64 blocks.
-        assert_eq!(demand_share(64, fast, &all), 29);
-        assert_eq!(demand_share(64, slow, &all), 8);
+        // Weights 2 : 2 : 1 of 64 blocks.
+        assert_eq!(demand_share(64, fast, &all), 26);
+        assert_eq!(demand_share(64, slow, &all), 13);
+        // At 4 : 4 : 1 its 8 blocks would be under a fifth of the piece: left out.
+        let slower = pace(300, Some(80));
+        assert_eq!(demand_share(64, slower, &[fast, fast, slower]), 0);
+        assert_eq!(demand_share(64, fast, &[fast, fast, slower]), 32);
+        // Four equal peers keep a quarter each.
+        assert_eq!(demand_share(64, fast, &[fast, fast, fast, fast]), 16);
     }
 
     #[test]
