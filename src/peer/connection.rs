@@ -356,9 +356,9 @@ async fn write_loop(
                         }
                         frames.feed(message).await.map_err(wire)?;
                     }
-                    Some(PeerCommand::SendAll(messages)) => {
-                        for message in messages {
-                            frames.feed(message).await.map_err(wire)?;
+                    Some(PeerCommand::SendRequests(requests)) => {
+                        for request in requests {
+                            frames.feed(Message::Request(request)).await.map_err(wire)?;
                         }
                     }
                 }

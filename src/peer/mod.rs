@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 pub use connection::{MAX_QUEUED_UPLOADS, PeerContext, accept_incoming, connect_outgoing};
 
 use crate::types::PeerId;
-use crate::wire::{Message, WireError};
+use crate::wire::{BlockRequest, Message, WireError};
 
 /// The actor's name for one connection (never reused within a run).
 pub type PeerKey = u64;
@@ -72,9 +72,10 @@ pub enum PeerEvent {
 #[derive(Debug)]
 pub enum PeerCommand {
     Send(Message),
-    /// Several messages written together: the requests of one fill go out in one
-    /// segment rather than as the writer happens to wake.
-    SendAll(Vec<Message>),
+    /// The requests of one fill, written together: they go out in one segment rather
+    /// than as the writer happens to wake. Requests only, so none of them changes the
+    /// connection's state as a Choke sent through `Send` does.
+    SendRequests(Vec<BlockRequest>),
     /// Drop the connection (banned, or no longer wanted).
     Close,
 }

@@ -122,7 +122,7 @@ struct PeerSlot {
     am_choking: bool,
     inflight: HashSet<(PieceIndex, u32)>,
     /// Requests made during the current fill, sent together when it ends.
-    unsent_requests: Vec<Message>,
+    unsent_requests: Vec<BlockRequest>,
     queue_depth: usize,
     /// The most requests it will queue from us (its `reqq`, or our own ceiling).
     max_queue_depth: usize,
@@ -1232,7 +1232,7 @@ impl Actor {
                 && !slot.unsent_requests.is_empty()
             {
                 let requests = std::mem::take(&mut slot.unsent_requests);
-                let _ = slot.commands.send(PeerCommand::SendAll(requests));
+                let _ = slot.commands.send(PeerCommand::SendRequests(requests));
             }
         }
     }
@@ -1460,11 +1460,11 @@ impl Actor {
 fn send_request(slot: &mut PeerSlot, layout: &Layout, piece: PieceIndex, block: u32) {
     let span = layout.block(piece, block);
     slot.inflight.insert((piece, block));
-    slot.unsent_requests.push(Message::Request(BlockRequest {
+    slot.unsent_requests.push(BlockRequest {
         piece: piece.get(),
         offset: span.piece_offset,
         length: span.len_bytes,
-    }));
+    });
 }
 
 /// What we tell peers in our BEP 10 handshake: we serve metadata (BEP 9), speak PEX
