@@ -83,36 +83,18 @@ pub fn demand_share(blocks: u32, ours: Pace, candidates: &[Pace]) -> u32 {
     if !answers_soon(&ours) {
         return 0;
     }
-    let fastest = candidates
-        .iter()
-        .filter(|p| answers_soon(p))
-        .filter_map(|p| p.interval)
-        .min();
+    let soon: Vec<&Pace> = candidates.iter().filter(|p| answers_soon(p)).collect();
+    let fastest = soon.iter().filter_map(|p| p.interval).min();
     let weight = |pace: &Pace| pace.interval.or(fastest).map_or(1, blocks_per_second);
-    let mut sharing: Vec<u64> = candidates
-        .iter()
-        .filter(|p| answers_soon(p))
-        .map(weight)
-        .collect();
+    let mut sharing: Vec<u64> = soon.into_iter().map(weight).collect();
     let strongest = sharing.iter().copied().max().unwrap_or(0);
-    let share_of = |w: u64, sharing: &[u64]| -> u64 {
-        let total: u64 = sharing.iter().sum();
-        if total == 0 {
-            0
-        } else {
-            (u64::from(blocks) * w).div_ceil(total)
-        }
-    };
+    let share_of = |w: u64, total: u64| (u64::from(blocks) * w).div_ceil(total.max(1));
     let min_share = u64::from(MIN_SHARE_BLOCKS.max(blocks / MIN_SHARE_DIVISOR));
     // Leaving a peer out grows the others' parts, so repeat until none is too small.
     loop {
         let before = sharing.len();
-        let kept: Vec<u64> = sharing
-            .iter()
-            .copied()
-            .filter(|&w| w == strongest || share_of(w, &sharing) >= min_share)
-            .collect();
-        sharing = kept;
+        let total: u64 = sharing.iter().sum();
+        sharing.retain(|&w| w == strongest || share_of(w, total) >= min_share);
         if sharing.len() == before {
             break;
         }
@@ -121,7 +103,8 @@ pub fn demand_share(blocks: u32, ours: Pace, candidates: &[Pace]) -> u32 {
     if !sharing.contains(&our_weight) {
         return 0;
     }
-    u32::try_from(share_of(our_weight, &sharing))
+    let total: u64 = sharing.iter().sum();
+    u32::try_from(share_of(our_weight, total))
         .unwrap_or(u32::MAX)
         .min(blocks)
 }
