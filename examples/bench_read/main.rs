@@ -226,6 +226,16 @@ impl Contender {
         }
     }
 
+    /// Whose CPU time a round's `children_cpu_seconds` delta holds: the processes the run
+    /// started and waited for (never the seeders').
+    fn cpu_of(&self) -> &'static str {
+        match self {
+            Contender::Cat => "the mount and cat",
+            Contender::Leech(_) => "the client",
+            Contender::Rqbit(_) => "rqbit",
+        }
+    }
+
     fn what(&self) -> &'static str {
         match self {
             Contender::Cat => {
@@ -235,6 +245,19 @@ impl Contender {
             Contender::Rqbit(_) => "process start to last byte on disk, SHA-1 checked",
         }
     }
+}
+
+/// User plus system CPU seconds of every child process this benchmark has waited for
+/// (getrusage RUSAGE_CHILDREN): the delta around one run is what that run's programs
+/// cost, whichever core they ran on.
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// What every measurement needs.
@@ -284,6 +307,7 @@ impl Bench<'_> {
             }
         }
         let mut runs: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
         let mut failed: Vec<Option<String>> = vec![None; contenders.len()];
         for round in 1..=COLD_ROUNDS {
             for (i, contender) in contenders.iter().enumerate() {
@@ -291,10 +315,17 @@ impl Bench<'_> {
                     continue;
                 }
                 report.settle()?;
+                let cpu_before = children_cpu_seconds();
                 match self.run_contender(contender) {
                     Ok(rate) => {
-                        println!("round {round}: {}: {rate:.0} MiB/s", contender.tool());
+                        let gib = self.payload.size_bytes as f64 / (1024.0 * MIB as f64);
+                        let cpu_per_gib = (children_cpu_seconds() - cpu_before) / gib;
+                        println!(
+                            "round {round}: {}: {rate:.0} MiB/s, {cpu_per_gib:.2} CPU-s/GiB",
+                            contender.tool()
+                        );
                         runs[i].push(rate);
+                        cpu[i].push(cpu_per_gib);
                     }
                     Err(err) => failed[i] = Some(format!("round {round}: {err:#}")),
                 }
@@ -313,14 +344,17 @@ impl Bench<'_> {
                 continue;
             };
             let each: Vec<String> = runs[i].iter().map(|r| format!("{r:.0}")).collect();
+            let each_cpu: Vec<String> = cpu[i].iter().map(|c| format!("{c:.2}")).collect();
             report.add(
                 Section::Cold,
                 &tool,
                 format!("{median:.0} MiB/s"),
                 format!(
-                    "median of {} rounds ({} MiB/s); {}",
+                    "median of {} rounds ({} MiB/s); CPU-s per GiB of {} ({}); {}",
                     runs[i].len(),
                     each.join(", "),
+                    contender.cpu_of(),
+                    each_cpu.join(", "),
                     contender.what()
                 ),
             );
