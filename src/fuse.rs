@@ -15,9 +15,38 @@ use fuser::{
 use tracing::{debug, warn};
 
 use crate::fs::{Attr, FsError, TorrentFs};
+use crate::torrent::ReadBytes;
 
 /// Torrent metadata never changes while mounted, so the kernel may cache it for long.
 const ATTR_TTL: Duration = Duration::from_secs(3600);
+
+/// A gather buffer larger than this (a read of more than 4 MiB) is freed after its reply
+/// rather than kept for the thread's next one.
+const GATHER_KEEP_BYTES: usize = 4 * 1024 * 1024;
+
+thread_local! {
+    /// Per runtime thread: where a read that spans pieces is gathered for its reply. Kept
+    /// between replies, so its memory is faulted in once, not once per read.
+    static GATHER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Replies with a read's bytes: a slice within one piece as it is; slices of several
+/// pieces gathered into this thread's buffer (fuser writes a reply from one slice).
+fn reply_gathered(reply: ReplyData, bytes: &ReadBytes) {
+    if let [part] = bytes.parts() {
+        return reply.data(part);
+    }
+    GATHER.with_borrow_mut(|gather| {
+        gather.clear();
+        for part in bytes.parts() {
+            gather.extend_from_slice(part);
+        }
+        reply.data(gather);
+        if gather.capacity() > GATHER_KEEP_BYTES {
+            *gather = Vec::new();
+        }
+    });
+}
 
 pub struct FuseAdapter {
     fs: Arc<TorrentFs>,
@@ -117,7 +146,7 @@ impl Filesystem for FuseAdapter {
         let fs = Arc::clone(&self.fs);
         self.runtime.spawn(async move {
             match fs.read(fh.0, offset, size).await {
-                Ok(bytes) => reply.data(&bytes),
+                Ok(bytes) => reply_gathered(reply, &bytes),
                 Err(err) => {
                     warn!(fh = fh.0, offset, size, "read failed: {err}");
                     reply.error(errno(&err));

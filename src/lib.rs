@@ -9,13 +9,13 @@
 //! FUSE read (fuse.rs)
 //!   → TorrentFs::read (fs/): file range, read-ahead window of the handle
 //!   → TorrentHandle::read (torrent/): pieces of the range (layout.rs)
-//!   → in cache? pin and copy (cache.rs)
+//!   → in cache? pin and slice (cache.rs)
 //!   → no: the torrent actor records the demand and asks peers for blocks, a demanded
 //!     piece split among them by pace (torrent/actor.rs, torrent/pace.rs)
 //!   → a peer task sends Request, receives Piece (peer/, wire/)
 //!   → blocks assembled, SHA-1 checked → VerifiedPiece (torrent/partial.rs, verify.rs)
 //!   → inserted into the cache, HAVE sent to peers, waiting reads woken
-//!   → bytes copied out → reply.data
+//!   → slices of the pieces (ReadBytes) → reply.data, gathered once if several
 //! ```
 //!
 //! Entry and configuration: `main.rs`, [`cli`], [`config`], [`daemon`], [`logging`].

@@ -208,6 +208,9 @@ impl Parts {
 enum Contender {
     /// A fresh swarmfs mount read by `cat`.
     Cat,
+    /// The same with another build of swarmfs (`SWARMFS_BENCH_COMPARE`), for comparing two
+    /// builds in one run's rounds.
+    CatOther(PathBuf),
     /// A full download by this client through leech.sh.
     Leech(&'static str),
     /// A full download by rqbit (the path of its binary).
@@ -221,6 +224,11 @@ impl Contender {
                 "swarmfs mount, --cache-size {}, `cat FILE >/dev/null`",
                 CACHE_SIZES[0]
             ),
+            Contender::CatOther(bin) => format!(
+                "swarmfs build {}, --cache-size {}, `cat FILE >/dev/null`",
+                bin.display(),
+                CACHE_SIZES[0]
+            ),
             Contender::Leech(client) => format!("{} full download", tool_version(client)),
             Contender::Rqbit(_) => format!("{} download", tool_version("rqbit")),
         }
@@ -230,7 +238,7 @@ impl Contender {
     /// started and waited for (never the seeders').
     fn cpu_of(&self) -> &'static str {
         match self {
-            Contender::Cat => "the mount and cat",
+            Contender::Cat | Contender::CatOther(_) => "the mount and cat",
             Contender::Leech(_) => "the client",
             Contender::Rqbit(_) => "rqbit",
         }
@@ -238,7 +246,7 @@ impl Contender {
 
     fn what(&self) -> &'static str {
         match self {
-            Contender::Cat => {
+            Contender::Cat | Contender::CatOther(_) => {
                 "cat's start to its exit; cat fadvises SEQUENTIAL and reads 128 KiB (the bytes are checked in the runs above)"
             }
             Contender::Leech(_) => "leech.sh: client start to last byte on disk, SHA-1 checked",
@@ -292,6 +300,9 @@ impl Bench<'_> {
         let mut contenders = Vec::new();
         if parts.wants("cat") {
             contenders.push(Contender::Cat);
+            if let Some(other) = std::env::var_os("SWARMFS_BENCH_COMPARE") {
+                contenders.push(Contender::CatOther(PathBuf::from(other)));
+            }
         }
         if parts.wants("downloads") {
             contenders.push(Contender::Leech("aria2"));
@@ -365,15 +376,16 @@ impl Bench<'_> {
     /// One cold run of `contender`: MiB/s of the 1 GiB, checked where the tool can be.
     fn run_contender(&self, contender: &Contender) -> Result<f64> {
         match contender {
-            Contender::Cat => self.cat_once(),
+            Contender::Cat => self.cat_once(self.swarmfs),
+            Contender::CatOther(bin) => self.cat_once(bin),
             Contender::Leech(client) => self.leech_once(client),
             Contender::Rqbit(rqbit) => self.rqbit_once(rqbit),
         }
     }
 
     /// `cat FILE >/dev/null` on a fresh mount, from cat's start to its exit.
-    fn cat_once(&self) -> Result<f64> {
-        let mount = self.mount_swarmfs(CACHE_SIZES[0])?;
+    fn cat_once(&self, swarmfs: &Path) -> Result<f64> {
+        let mount = self.mount_with(swarmfs, CACHE_SIZES[0])?;
         let started = Instant::now();
         let mut cat = Command::new("cat")
             .arg(mount.path().join(&self.payload.name))
@@ -709,9 +721,13 @@ impl Bench<'_> {
     }
 
     fn mount_swarmfs(&self, cache: &str) -> Result<Mount> {
+        self.mount_with(self.swarmfs, cache)
+    }
+
+    fn mount_with(&self, swarmfs: &Path, cache: &str) -> Result<Mount> {
         let ip = client_ip();
         Mount::start(
-            self.swarmfs,
+            swarmfs,
             self.torrent,
             &[
                 "--cache-size".into(),

@@ -14,7 +14,6 @@ mod prefetch;
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -26,7 +25,7 @@ pub use inode::{InodeKind, InodeTree, ROOT_INODE};
 use handle::Handle;
 use prefetch::OpenPrefetch;
 
-use crate::torrent::TorrentHandle;
+use crate::torrent::{ReadBytes, TorrentHandle};
 
 /// Attributes of one inode, as `stat` shows them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +171,7 @@ impl TorrentFs {
     }
 
     /// Reads up to `size` bytes at `offset`; fewer at EOF, none past it.
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadBytes, FsError> {
         let layout = &self.torrent.layout;
         let (range, readahead) = {
             let mut handles = self.lock_handles();
@@ -183,7 +182,7 @@ impl TorrentFs {
             let file_len = file_range.end - file_range.start;
             let range = layout.file_read_range(handle.file_index, offset, u64::from(size));
             if range.is_empty() {
-                return Ok(Bytes::new());
+                return Ok(ReadBytes::default());
             }
             let ahead =
                 handle

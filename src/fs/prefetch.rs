@@ -202,7 +202,7 @@ async fn search_index(
                         range: read.clone(),
                         source,
                     })?;
-                known.insert(read.start, bytes);
+                known.insert(read.start, bytes.into_contiguous());
             }
             Step::Index {
                 container,

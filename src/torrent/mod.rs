@@ -2,7 +2,7 @@
 //! use to ask it for pieces.
 //!
 //! Data flow: a read asks `TorrentHandle::read` for a torrent range; cached pieces are
-//! pinned and copied at once; missing ones become demands sent to the actor, which asks
+//! pinned and sliced at once; missing ones become demands sent to the actor, which asks
 //! peers for their blocks, verifies the assembled piece, caches it and wakes the read.
 //! Only the actor task changes piece, peer and demand state (`actor.rs`); readers and peers
 //! reach it over channels.
@@ -53,6 +53,41 @@ pub enum ReadError {
         start: usize,
         end: usize,
     },
+}
+
+/// The bytes of a read: slices of the verified pieces it spans, in order. They share the
+/// pieces' buffers, so nothing is copied until the bytes leave the process (a read that
+/// spans pieces is gathered once, into the FUSE reply's buffer).
+#[derive(Debug, Default, Clone)]
+pub struct ReadBytes {
+    parts: Vec<Bytes>,
+}
+
+impl ReadBytes {
+    /// The slices, one per piece the read spans.
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(Bytes::is_empty)
+    }
+
+    /// One contiguous buffer: the slice itself for a read within one piece, else a copy.
+    pub fn into_contiguous(mut self) -> Bytes {
+        if self.parts.len() == 1 {
+            return self.parts.pop().unwrap_or_default();
+        }
+        let mut out = BytesMut::with_capacity(self.len());
+        for part in &self.parts {
+            out.extend_from_slice(part);
+        }
+        out.freeze()
+    }
 }
 
 /// How a torrent runs.
@@ -149,13 +184,12 @@ pub struct TorrentHandle {
 
 impl TorrentHandle {
     /// Reads `torrent_range` (already clamped to a file), waiting at most until `deadline`
-    /// for missing pieces. A range inside one piece is returned as a slice of the cached
-    /// piece (no copy); a range across pieces is copied once into a new buffer.
+    /// for missing pieces. The bytes come back as slices of the pieces (no copy).
     pub async fn read(
         &self,
         torrent_range: Range<u64>,
         deadline: Instant,
-    ) -> Result<Bytes, ReadError> {
+    ) -> Result<ReadBytes, ReadError> {
         let started = Instant::now();
         let pieces: Vec<PieceIndex> = self
             .layout
@@ -177,16 +211,10 @@ impl TorrentHandle {
             .filter(|(_, h)| matches!(h, Held::Waiting(_)))
             .map(|(p, _)| *p)
             .collect();
-        let single_piece = held.len() == 1;
-        let mut out = BytesMut::with_capacity(if single_piece {
-            0
-        } else {
-            (torrent_range.end - torrent_range.start) as usize
-        });
+        let mut parts = Vec::with_capacity(held.len());
         for (piece, state) in held {
-            // A pinned piece stays pinned until its bytes are copied out below.
-            let (bytes, _pin) = match state {
-                Held::Pinned(pinned) => (pinned.bytes().clone(), Some(pinned)),
+            let bytes = match state {
+                Held::Pinned(pinned) => pinned.bytes().clone(),
                 Held::Waiting(rx) => {
                     let bytes = tokio::select! {
                         r = rx => r.map_err(|_| ReadError::ShuttingDown)?,
@@ -201,7 +229,7 @@ impl TorrentHandle {
                         () = self.shutdown.cancelled() => return Err(ReadError::ShuttingDown),
                     };
                     pending.retain(|p| *p != piece);
-                    (bytes, None)
+                    bytes
                 }
             };
             let overlap = self.layout.piece_overlap(piece, &torrent_range);
@@ -214,12 +242,9 @@ impl TorrentHandle {
                     end,
                 });
             }
-            if single_piece {
-                return Ok(bytes.slice(start..end));
-            }
-            out.extend_from_slice(&bytes[start..end]);
+            parts.push(bytes.slice(start..end));
         }
-        Ok(out.freeze())
+        Ok(ReadBytes { parts })
     }
 
     /// Hints pieces a reader will likely want soon, without waiting (callable from a FUSE
@@ -311,4 +336,29 @@ impl TorrentHandle {
 enum Held {
     Pinned(PinnedPiece),
     Waiting(oneshot::Receiver<Bytes>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_bytes_gather_in_order_and_a_lone_slice_is_not_copied() {
+        let piece = Bytes::from(vec![1u8, 2, 3, 4]);
+        let lone = ReadBytes {
+            parts: vec![piece.slice(1..3)],
+        };
+        assert_eq!(lone.len(), 2);
+        let whole = lone.into_contiguous();
+        assert_eq!(&whole[..], &[2, 3]);
+        // The same memory as the piece: a slice, not a copy.
+        assert_eq!(whole.as_ptr(), piece[1..].as_ptr());
+
+        let spanning = ReadBytes {
+            parts: vec![piece.slice(2..), Bytes::from_static(&[5, 6])],
+        };
+        assert_eq!(spanning.len(), 4);
+        assert_eq!(&spanning.into_contiguous()[..], &[3, 4, 5, 6]);
+        assert!(ReadBytes::default().is_empty());
+    }
 }
