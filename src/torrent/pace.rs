@@ -11,25 +11,13 @@
 //! Pace, not download rate: a rate measures what we happened to ask of a peer, a pace
 //! what it can do.
 //!
-//! Measured on loopback (bench_read's swarm, 150 random 64 KiB reads a run, two aria2 and
-//! two python-libtorrent seeders). By rate, a libtorrent seeder got an even part in up to
-//! 90 % of the reads (0–90 % across 8 runs), and those reads took 0.3–1.6 ms longer
-//! (medians) than the reads the aria2 seeders served alone in the same run. By pace (a
-//! libtorrent seeder paces ~4× slower) its parts shrank to 1–7 blocks, and reads with one
-//! were still 0.3–0.4 ms slower: on two cores, asking a libtorrent seeder for anything
-//! wakes its thread pool. With parts under a stripe left out, no read asked one in two
-//! runs (medians 1.82 and 2.36 ms, against 2.18–2.51 ms by rate in the same hour; the
-//! machine's noise is about as large). Four later runs asked one in 2–67 of 129 reads,
-//! and those took 0.6–1.5 ms longer: the pace was smoothed over 4 blocks then, and a slow
-//! sender that had just sent a burst looked fastest. Smoothed over 16, six runs asked one
-//! in 0, 115, 49, 49, 40 and 70 of 129 reads (parts of ~8 blocks); those reads were as
-//! fast as the rest in the second run and 0.3–0.7 ms slower in the last four. The cost of
-//! waking a peer falls on the others (its threads take the cores they need), out of sight
-//! of any timing of its own blocks; so a part must also be a fifth of the piece. Then two
-//! runs asked one in 0 and 2 of 129 reads (medians 2.27 and 2.52 ms, against 2.43 and
-//! 2.60 in the two runs before), and `cat` kept its pace (549 MiB/s, median of 3).
-//! Next to try: a water-filling of each peer's first-block latency and pace, which also
-//! knows when a slow-to-answer peer is not worth asking.
+//! Why these rules (bench_read's loopback swarm, 150 random 64 KiB reads a run; the README
+//! has the figures): split by rate, a python-libtorrent seeder got a part of most reads,
+//! and those reads were 0.3–1.6 ms slower, since on two cores waking its thread pool takes
+//! the cores the other senders need. That cost falls on the others, out of sight of any
+//! timing of its own blocks; with parts under a stripe or a fifth of the piece left out, it
+//! was asked in 0–2 of 129 reads. The interval is smoothed over 16 blocks because senders
+//! deliver in bursts: over 4, a slow sender that had just sent a burst looked fastest.
 
 use std::time::Duration;
 
