@@ -30,7 +30,7 @@ use anyhow::{Context, Result, bail};
 use sha1::{Digest, Sha1};
 use tempfile::TempDir;
 
-use process::{POLL, lazy_unmount, signal, tail, wait_child};
+use process::{POLL, is_mounted, lazy_unmount, signal, tail, wait_child};
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * 1024;
@@ -440,23 +440,6 @@ impl Drop for Mount {
             }
         }
     }
-}
-
-/// True if `path` is a mount point in /proc/self/mountinfo (whose field 5 escapes
-/// space, tab, newline and backslash as octal).
-pub fn is_mounted(path: &Path) -> bool {
-    let want = path.to_string_lossy();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| {
-            mp.replace("\\040", " ")
-                .replace("\\011", "\t")
-                .replace("\\012", "\n")
-                .replace("\\134", "\\")
-                == want
-        })
 }
 
 // ---- timed reads ----

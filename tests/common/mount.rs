@@ -12,6 +12,7 @@ use tempfile::TempDir;
 
 use super::harness::{SKIP_FUSE_ENV, fuse_available};
 use super::net::fresh_addr;
+pub use super::process::is_mounted;
 use super::process::{
     POLL, Registered, Resource, lazy_unmount, register, signal, tail, wait_child,
 };
@@ -287,16 +288,6 @@ impl Drop for MountGuard {
     }
 }
 
-/// True if `path` is a mount point in /proc/self/mountinfo.
-pub fn is_mounted(path: &Path) -> bool {
-    let want = path.to_string_lossy();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| unescape_mountinfo(mp) == want)
-}
-
 /// The FUSE lines of /proc/self/mountinfo (the whole table if there are none).
 pub fn fuse_mount_table() -> String {
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -306,12 +297,4 @@ pub fn fuse_mount_table() -> String {
     } else {
         fuse.join("\n")
     }
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \040, \011, \012, \134.
-fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }

@@ -1,6 +1,7 @@
 //! Processes and mounts that a test owns: start a script under a deadline, signal and
-//! wait for a process by PID, and the per-test registry that the watchdog in `harness.rs`
-//! empties when a test overruns its deadline.
+//! wait for a process by PID, tell whether a path is mounted and `umount -l` it, and the
+//! per-test registry that the watchdog in `harness.rs` empties when a test overruns its
+//! deadline.
 //!
 //! seed.sh and tracker.sh start their client in the background and exit, so the client
 //! outlives its parent. PID 1 in our containers never reaps, so those orphans would stay
@@ -283,6 +284,24 @@ pub fn kill_owned(owner: u64) {
             }
         }
     }
+}
+
+/// True if `path` is a mount point in /proc/self/mountinfo.
+pub fn is_mounted(path: &Path) -> bool {
+    let want = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mountinfo(mp) == want)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \040, \011, \012, \134.
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// `umount -l PATH` under a deadline; errors are reported, not raised (used in Drop).
