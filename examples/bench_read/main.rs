@@ -210,8 +210,8 @@ impl Parts {
 enum Contender {
     /// A fresh swarmfs mount read by `cat`.
     Cat,
-    /// The same with another build of swarmfs (`SWARMFS_BENCH_COMPARE`), for comparing two
-    /// builds in one run's rounds.
+    /// The same with another build of swarmfs (`other_build`), for comparing two builds in
+    /// one run's rounds.
     CatOther(PathBuf),
     /// A full download by this client through leech.sh.
     Leech(&'static str),
@@ -255,6 +255,12 @@ impl Contender {
             Contender::Rqbit(_) => "process start to last byte on disk, SHA-1 checked",
         }
     }
+}
+
+/// Another build of the `swarmfs` binary to measure beside this one
+/// (`SWARMFS_BENCH_COMPARE=PATH`): in the `cat` rounds and the random reads.
+fn other_build() -> Option<PathBuf> {
+    std::env::var_os("SWARMFS_BENCH_COMPARE").map(PathBuf::from)
 }
 
 /// User plus system CPU seconds of every child process this benchmark has waited for
@@ -302,8 +308,8 @@ impl Bench<'_> {
         let mut contenders = Vec::new();
         if parts.wants("cat") {
             contenders.push(Contender::Cat);
-            if let Some(other) = std::env::var_os("SWARMFS_BENCH_COMPARE") {
-                contenders.push(Contender::CatOther(PathBuf::from(other)));
+            if let Some(other) = other_build() {
+                contenders.push(Contender::CatOther(other));
             }
         }
         if parts.wants("downloads") {
@@ -605,12 +611,20 @@ impl Bench<'_> {
     }
 
     /// Section 2 for swarmfs: random-offset reads on a fresh mount, compared with the payload.
+    /// The random reads on a fresh mount; with `SWARMFS_BENCH_COMPARE`, the same offsets
+    /// again on a fresh mount of the other build.
     fn ttfb_swarmfs(&self, report: &mut Report, failures: &mut Vec<String>) -> Result<()> {
-        report.settle()?;
-        let mount = self.mount_swarmfs(CACHE_SIZES[0])?;
-        let ttfb = self.random_reads(&mount, failures);
-        mount.stop()?;
-        self.report_ttfb(report, "swarmfs mount", ttfb);
+        let mut builds = vec![("swarmfs mount".to_string(), self.swarmfs.to_path_buf())];
+        if let Some(other) = other_build() {
+            builds.push((format!("swarmfs build {}", other.display()), other));
+        }
+        for (tool, binary) in builds {
+            report.settle()?;
+            let mount = self.mount_with(&binary, CACHE_SIZES[0])?;
+            let ttfb = self.random_reads(&mount, failures);
+            mount.stop()?;
+            self.report_ttfb(report, &tool, ttfb);
+        }
         Ok(())
     }
 
