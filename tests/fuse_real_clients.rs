@@ -23,7 +23,7 @@ use common::checks::{
     SHORT_READ_TIMEOUT, assert_all_files_match, assert_read_gives_eio, assert_root_is, stop_cleanly,
 };
 use common::clients::{Client, SeedOptions, Seeder, Tracker};
-use common::fixture::{DEAD_TRACKER, Payload, sha1_file};
+use common::fixture::{DEAD_TRACKER, Payload, PayloadFile, sha1_file};
 use common::harness::fuse_test;
 use common::mount::{MountGuard, is_mounted};
 use common::process::run_ok;
@@ -192,6 +192,57 @@ fn concurrent_readers_of_different_files() {
             for reader in readers {
                 let (name, got, want) = reader.join().expect("reader thread panicked");
                 assert_eq!(got, want, "SHA-1 of {name} read concurrently");
+            }
+        });
+        stop_cleanly(mount);
+    });
+}
+
+/// Reads `start..end` of the file at `path` through its own handle, 128 KiB at a time, and
+/// checks every chunk against the payload.
+fn stream_and_check(path: &Path, payload: &Payload, f: &PayloadFile, start: u64, end: u64) {
+    const CHUNK: u64 = 128 * 1024;
+    let file = File::open(path).expect("open through the mount");
+    let mut offset = start;
+    while offset < end {
+        let len = CHUNK.min(end - offset) as usize;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset)
+            .unwrap_or_else(|e| panic!("read {len} at {offset}: {e}"));
+        assert!(
+            buf == payload.read_range(f, offset, len),
+            "{len} bytes at {offset} differ from the payload"
+        );
+        offset += len as u64;
+    }
+}
+
+#[test]
+fn concurrent_readers_of_one_file() {
+    fuse_test("concurrent_readers_of_one_file", TEST_LIMIT, || {
+        let (_tracker, payload) = tracked_payload(LARGE_MB, LARGE_PIECE_KB, false);
+        let _seeder = Seeder::spawn(Client::Aria2, &payload);
+        let mount = MountGuard::mount(&payload.torrent, &[]);
+        let f = payload.file("");
+        let path = mount.path().join(&f.rel);
+        // As players do: one handle streams from the start, another from a seek into the
+        // middle, and a third keeps probing the head and the tail, all on the same file at
+        // once. Each handle keeps its own read-ahead; a seek on one must not cancel what
+        // another waits for.
+        let middle = f.len / 2 + 12_345;
+        std::thread::scope(|s| {
+            let (path, payload) = (&path, &payload);
+            let streams = [(0, middle), (middle, f.len)].map(|(start, end)| {
+                s.spawn(move || stream_and_check(path, payload, f, start, end))
+            });
+            let prober = s.spawn(move || {
+                for _ in 0..10 {
+                    stream_and_check(path, payload, f, 0, 64 * 1024);
+                    stream_and_check(path, payload, f, f.len - 64 * 1024, f.len);
+                }
+            });
+            for reader in streams.into_iter().chain([prober]) {
+                reader.join().expect("reader thread panicked");
             }
         });
         stop_cleanly(mount);
