@@ -20,7 +20,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::checks::{
-    SHORT_READ_TIMEOUT, assert_all_files_match, assert_read_gives_eio, assert_root_is, stop_cleanly,
+    SHORT_READ_TIMEOUT, assert_all_files_match, assert_bytes_at, assert_read_gives_eio,
+    assert_root_is, stop_cleanly,
 };
 use common::clients::{Client, SeedOptions, Seeder, Tracker};
 use common::fixture::{DEAD_TRACKER, Payload, PayloadFile, sha1_file};
@@ -206,13 +207,7 @@ fn stream_and_check(path: &Path, payload: &Payload, f: &PayloadFile, start: u64,
     let mut offset = start;
     while offset < end {
         let len = CHUNK.min(end - offset) as usize;
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset)
-            .unwrap_or_else(|e| panic!("read {len} at {offset}: {e}"));
-        assert!(
-            buf == payload.read_range(f, offset, len),
-            "{len} bytes at {offset} differ from the payload"
-        );
+        assert_bytes_at(&file, payload, f, offset, len);
         offset += len as u64;
     }
 }
@@ -265,13 +260,7 @@ fn seek_to_middle_of_large_file_reads_payload_bytes() {
             // to the start; then the last MiB, which ends exactly at EOF.
             let middle = f.len / 2 + 4097;
             for (offset, len) in [(middle, MIB), (1, 100), (f.len - MIB as u64, MIB)] {
-                let mut buf = vec![0u8; len];
-                file.read_exact_at(&mut buf, offset)
-                    .unwrap_or_else(|e| panic!("read {len} at {offset}: {e}"));
-                assert!(
-                    buf == payload.read_range(f, offset, len),
-                    "{len} bytes at offset {offset} differ from the payload"
-                );
+                assert_bytes_at(&file, &payload, f, offset, len);
             }
             drop(file);
             stop_cleanly(mount);

@@ -15,8 +15,8 @@ use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use common::checks::{
-    SHORT_READ_TIMEOUT, assert_all_files_match, assert_read_gives_eio, ledger_gave_us_mib,
-    stop_cleanly,
+    SHORT_READ_TIMEOUT, assert_all_files_match, assert_bytes_at, assert_read_gives_eio,
+    ledger_gave_us_mib, stop_cleanly,
 };
 use common::fixture::{DEAD_TRACKER, Payload};
 use common::harness::fuse_test;
@@ -98,13 +98,7 @@ fn assert_honest_kept(mount: &MountGuard, honest: &TestSeeder) {
 fn assert_range_matches(mount: &MountGuard, payload: &Payload, offset: u64, len: usize) {
     let file = payload.file("");
     let f = File::open(mount.path().join(&file.rel)).expect("open through the mount");
-    let mut buf = vec![0u8; len];
-    f.read_exact_at(&mut buf, offset)
-        .unwrap_or_else(|e| panic!("read {len} bytes at {offset}: {e}"));
-    assert!(
-        buf == payload.read_range(file, offset, len),
-        "bytes at {offset}..+{len} differ from the payload"
-    );
+    assert_bytes_at(&f, payload, file, offset, len);
 }
 
 /// 1. A peer that corrupts every piece it serves, beside an honest one: every file reads

@@ -610,9 +610,9 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Section 2 for swarmfs: random-offset reads on a fresh mount, compared with the payload.
-    /// The random reads on a fresh mount; with `SWARMFS_BENCH_COMPARE`, the same offsets
-    /// again on a fresh mount of the other build.
+    /// Section 2 for swarmfs: random-offset reads on a fresh mount, compared with the
+    /// payload; with `SWARMFS_BENCH_COMPARE`, the same offsets again on a fresh mount of the
+    /// other build.
     fn ttfb_swarmfs(&self, report: &mut Report, failures: &mut Vec<String>) -> Result<()> {
         let mut builds = vec![("swarmfs mount".to_string(), self.swarmfs.to_path_buf())];
         if let Some(other) = other_build() {

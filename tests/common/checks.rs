@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::fixture::{Payload, sha1_file};
+use super::fixture::{Payload, PayloadFile, sha1_file};
 use super::mount::MountGuard;
 
 /// `--read-timeout` for tests that expect EIO, and the bound within which the EIO must
@@ -60,6 +60,18 @@ pub fn stop_cleanly(mount: MountGuard) {
     assert!(
         status.success(),
         "swarmfs exited with {status} after SIGINT"
+    );
+}
+
+/// Reads `len` bytes at `offset` of `file` (opened through the mount) and asserts they are
+/// the bytes of the payload's `f` there.
+pub fn assert_bytes_at(file: &File, payload: &Payload, f: &PayloadFile, offset: u64, len: usize) {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset)
+        .unwrap_or_else(|e| panic!("read {len} bytes at {offset}: {e}"));
+    assert!(
+        buf == payload.read_range(f, offset, len),
+        "{len} bytes at offset {offset} differ from the payload"
     );
 }
 
