@@ -38,9 +38,7 @@ fn reply_gathered(reply: ReplyData, bytes: &ReadBytes) {
     }
     GATHER.with_borrow_mut(|gather| {
         gather.clear();
-        for part in bytes.parts() {
-            gather.extend_from_slice(part);
-        }
+        bytes.gather_into(gather);
         reply.data(gather);
         if gather.capacity() > GATHER_KEEP_BYTES {
             *gather = Vec::new();

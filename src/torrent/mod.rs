@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -77,16 +77,21 @@ impl ReadBytes {
         self.parts.iter().all(Bytes::is_empty)
     }
 
+    /// Appends the read's bytes, in order, to `out`.
+    pub fn gather_into(&self, out: &mut Vec<u8>) {
+        for part in &self.parts {
+            out.extend_from_slice(part);
+        }
+    }
+
     /// One contiguous buffer: the slice itself for a read within one piece, else a copy.
     pub fn into_contiguous(mut self) -> Bytes {
         if self.parts.len() == 1 {
             return self.parts.pop().unwrap_or_default();
         }
-        let mut out = BytesMut::with_capacity(self.len());
-        for part in &self.parts {
-            out.extend_from_slice(part);
-        }
-        out.freeze()
+        let mut out = Vec::with_capacity(self.len());
+        self.gather_into(&mut out);
+        Bytes::from(out)
     }
 }
 
